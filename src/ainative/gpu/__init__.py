@@ -1,0 +1,1 @@
+"""GPU telemetry (NVML). Works without any GPU, and says so plainly."""

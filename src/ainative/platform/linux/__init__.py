@@ -1,0 +1,1 @@
+"""Linux backend: procfs, the netlink process connector, scheduling knobs, cgroups."""
