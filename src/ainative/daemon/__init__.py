@@ -1,0 +1,1 @@
+"""The ainative daemon: discovery -> classification -> engine, and its control socket."""
