@@ -1,9 +1,173 @@
-"""daemon, status, explain, register, restore, demo."""
+"""daemon, status, explain, register, restore, resume, reload, demo."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from typing import Any
+
 import click
+
+from ainative.daemon.client import Client, DaemonError, default_socket_path
+
+socket_option = click.option(
+    "--socket", "socket_path", default=None, metavar="PATH",
+    help="Control socket (default $AINATIVE_SOCKET or /run/ainative/ainative.sock).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _client(socket_path: str | None) -> Client:
+    return Client(socket_path or default_socket_path())
+
+
+def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
+    try:
+        return _client(socket_path).request(op, **args)
+    except DaemonError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@click.command()
+@click.option("--rules", "rules", multiple=True, type=click.Path(dir_okay=False),
+              help="Extra rule file (TOML); repeatable; read after the built-in rules and "
+                   "/etc/ainative/rules.d/*.toml.")
+@click.option("--rules-dir", default="/etc/ainative/rules.d", show_default=True,
+              help="Directory of *.toml rule files ('' to skip).")
+@click.option("--state-dir", default="/var/lib/ainative", show_default=True,
+              help="Where the change journal lives.")
+@socket_option
+@click.option("--scope-descendants", "scope", type=int, default=None, metavar="PID",
+              help="Manage only this process and its descendants.")
+@click.option("--dry-run", is_flag=True, help="Decide and report; change nothing.")
+@click.option("--no-cgroups", is_flag=True, help="Do not use cgroups.")
+@click.option("--cgroup-root", default="ainative", show_default=True,
+              help="Name of ainative's own cgroup subtree.")
+@click.option("--reconcile-interval", default=1.0, show_default=True,
+              help="Seconds between checks for new threads and manual changes.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
+              show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: str | None,
+           scope: int | None, dry_run: bool, no_cgroups: bool, cgroup_root: str,
+           reconcile_interval: float, log_format: str, log_level: str) -> None:
+    """Run the daemon in the foreground. SIGTERM/SIGINT undo every change and exit."""
+    from ainative import log
+    from ainative.daemon.server import Daemon, DaemonConfig, StartupError
+
+    log.setup(log_format, log_level)
+    cfg = DaemonConfig(
+        rules=list(rules), rules_dir=rules_dir or None, state_dir=state_dir,
+        socket_path=socket_path or default_socket_path(), scope_pid=scope, dry_run=dry_run,
+        reconcile_interval=reconcile_interval, cgroup_root=cgroup_root, cgroups=not no_cgroups,
+    )
+    try:
+        d = Daemon(cfg)
+        sys.exit(d.run())
+    except StartupError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@click.command()
+@socket_option
+@json_option
+def status(socket_path: str | None, as_json: bool) -> None:
+    """What ainative sees and does: mechanisms, GPU, AI tasks and the knobs applied."""
+    st = _call(socket_path, "status")
+    if as_json:
+        st.pop("ok", None)
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    from ainative.cli.views import render_status
+
+    render_status(st)
+
+
+@click.command()
+@click.argument("pid", type=int)
+@socket_option
+@json_option
+def explain(pid: int, socket_path: str | None, as_json: bool) -> None:
+    """Every signal checked for PID, the class chosen, and what is (or would be) applied."""
+    ex = _call(socket_path, "explain", pid=pid)
+    if as_json:
+        ex.pop("ok", None)
+        click.echo(json.dumps(ex, indent=2, default=str))
+        return
+    from ainative.cli.views import render_explain
+
+    render_explain(ex)
+
+
+@click.command()
+@click.argument("pid", type=int)
+@click.option("--class", "cls", required=True, help="Class to give the process.")
+@socket_option
+def register(pid: int, cls: str, socket_path: str | None) -> None:
+    """Register PID explicitly in a class (your own processes; root: any)."""
+    r = _call(socket_path, "register", pid=pid, **{"class": cls})
+    applied = ", ".join(f"{k}={v}" for k, v in r.get("applied", {}).items()) or "nothing yet"
+    click.echo(f"pid {pid} registered as {cls}; applied: {applied}")
+    for k, v in (r.get("errors") or {}).items():
+        click.echo(f"  not applied: {k}: {v}")
+
+
+@click.command()
+@socket_option
+@click.option("--state-dir", default="/var/lib/ainative", show_default=True,
+              help="Used when no daemon answers: undo what a dead daemon left in force.")
+def restore(socket_path: str | None, state_dir: str) -> None:
+    """Undo every change ainative made (the daemon then pauses until `ainative resume`)."""
+    try:
+        r = _client(socket_path).request("restore")
+        how = "daemon"
+    except DaemonError as e:
+        if "cannot reach" not in str(e):
+            raise click.ClickException(str(e)) from e
+        from ainative.daemon.server import StartupError, offline_restore
+
+        try:
+            r = offline_restore(state_dir)
+        except StartupError as e2:
+            raise click.ClickException(str(e2)) from e2
+        how = f"journal in {state_dir} (no daemon running)"
+    click.echo(f"restored via {how}: {r['undone']} undone, {r['skipped_gone']} skipped "
+               f"(process gone), {r['skipped_changed']} left (changed by someone else since), "
+               f"{r['failed']} failed")
+    for line in r.get("details", []):
+        click.echo(f"  {line}")
+
+
+@click.command()
+@socket_option
+def resume(socket_path: str | None) -> None:
+    """Manage processes again after `ainative restore`."""
+    _call(socket_path, "resume")
+    click.echo("resumed")
+
+
+@click.command()
+@socket_option
+def reload(socket_path: str | None) -> None:
+    """Re-read rule files (like SIGHUP); on error the last good rules stay in force."""
+    r = _call(socket_path, "reload")
+    click.echo("reloaded: " + ", ".join(r.get("rules", [])))
+
+
+@click.command()
+@click.option("--seconds", default=4.0, show_default=True, help="How long to let it run.")
+def demo(seconds: float) -> None:
+    """Start the daemon scoped to a real ONNX Runtime process it launches, show status."""
+    from ainative.cli.demo import run_demo
+
+    sys.exit(run_demo(seconds))
 
 
 def register_core_commands(group: click.Group) -> None:
-    pass
+    for cmd in (daemon, status, explain, register, restore, resume, reload, demo):
+        group.add_command(cmd)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,116 @@
+"""Human renderings of the daemon's status and explain replies (rich tables)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0.0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def render_status(st: dict[str, Any]) -> None:
+    d = st["daemon"]
+    mode = "DRY RUN, " if d.get("dry_run") else ""
+    mode += "PAUSED (after restore), " if d.get("paused") else ""
+    scope = f", scope: descendants of {d['scope_pid']}" if d.get("scope_pid") else ""
+    console.print(f"[bold]ainative {st['version']}[/] daemon pid {d['pid']}, up "
+                  f"{d['uptime_s']}s, {mode}events: {d['events']}{scope}")
+    if d.get("last_reload_error"):
+        console.print(f"[red]last reload failed (old rules in force):[/] {d['last_reload_error']}")
+
+    mech = Table(title="mechanisms", show_header=True, header_style="bold")
+    mech.add_column("mechanism")
+    mech.add_column("ok")
+    mech.add_column("detail", overflow="fold")
+    for m in st.get("mechanisms", []):
+        mech.add_row(m["name"], "yes" if m["available"] else "[red]no[/]", m["detail"])
+    console.print(mech)
+
+    gpu = st.get("gpu", {})
+    if not gpu.get("available"):
+        console.print(f"GPU: none ({gpu.get('reason', 'unknown')})")
+    else:
+        for g in gpu.get("gpus", []):
+            avail = g.get("available_for_work")
+            word = "available" if avail else ("busy" if avail is not None else "unknown")
+            console.print(
+                f"GPU {g['index']} {g['name']}: util {g.get('utilization_gpu')}% "
+                f"({word}, threshold {gpu.get('threshold_pct')}%), mem "
+                f"{(g.get('memory_used') or 0) >> 20}/{(g.get('memory_total') or 0) >> 20} MiB, "
+                f"{g.get('temperature_c')} C, {g.get('power_w')} W")
+
+    t = Table(title=f"AI tasks: {st['task_count']}", header_style="bold")
+    for col in ("pid", "name", "class", "signals", "applied", "cpu s", "since"):
+        t.add_column(col, overflow="fold")
+    for task in st["tasks"]:
+        applied = ", ".join(f"{k}={v}" for k, v in task["applied"].items())
+        if not task["active"]:
+            applied = "(waiting: " + ", ".join(f"{k}={v}" for k, v in task["targets"].items()) + ")"
+        notes = [f"[yellow]overridden {k}[/]" for k in task.get("overridden", {})]
+        notes += [f"[red]{k}: {v}[/]" for k, v in task.get("errors", {}).items()]
+        t.add_row(str(task["pid"]), task["name"], task["class"], "; ".join(task["signals"]),
+                  applied + ("\n" + "\n".join(notes) if notes else ""),
+                  "-" if task["cpu_time_s"] is None else f"{task['cpu_time_s']:.1f}",
+                  _ago(task["since"]))
+    console.print(t)
+    pools = st.get("pools") or []
+    if pools:
+        p = Table(title="pinned pools", header_style="bold")
+        for col in ("pid", "name", "total", "used", "peak", "blocks", "frag", "locked", "cuda"):
+            p.add_column(col)
+        for pool in pools:
+            p.add_row(str(pool.get("pid")), str(pool.get("name", "")),
+                      _mib(pool.get("total")), _mib(pool.get("used")), _mib(pool.get("peak")),
+                      str(pool.get("blocks_in_use")), f"{pool.get('fragmentation', 0):.2f}",
+                      str(pool.get("locked")), str(pool.get("cuda_registered")))
+        console.print(p)
+    console.print(f"journal: {st['journal']['in_force']} change(s) in force")
+
+
+def _mib(v: Any) -> str:
+    return "-" if v is None else f"{int(v) / (1 << 20):.1f} MiB"
+
+
+def render_explain(ex: dict[str, Any]) -> None:
+    console.print(f"[bold]pid {ex['pid']}[/] ({ex['name']})")
+    if ex.get("excluded"):
+        console.print(f"never touched: {ex['excluded']}")
+        return
+    t = Table(header_style="bold")
+    for col in ("signal", "matched", "class", "detail"):
+        t.add_column(col, overflow="fold")
+    for s in ex["signals"]:
+        t.add_row(s["signal"], "yes" if s["matched"] else "no", s["class"] or "-", s["detail"])
+    console.print(t)
+    if ex["class"] is None:
+        console.print("class: none (no signal matched); ainative leaves it alone")
+        return
+    console.print(f"class: [bold]{ex['class']}[/] (from the first matching signal above)")
+    knobs = ", ".join(f"{k}={v}" for k, v in ex.get("knobs", {}).items())
+    console.print(f"class knobs: {knobs}")
+    m = ex.get("managed")
+    if m:
+        applied = ", ".join(f"{k}={v}" for k, v in m["applied"].items()) or "nothing"
+        console.print(f"applied: {applied} on {m['threads']} thread(s)")
+        for k, v in m.get("overridden", {}).items():
+            console.print(f"[yellow]backed off {k}[/]: a person changed it ({v})")
+        for k, v in m.get("errors", {}).items():
+            console.print(f"[red]not applied {k}[/]: {v}")
+    if ex.get("why_not_applied"):
+        console.print(f"not applied: {ex['why_not_applied']}")
+    if ex.get("dry_run"):
+        console.print(ex["dry_run"])

@@ -1,0 +1,1 @@
+"""Platform-neutral logic: classes, rules, classification, the change journal, the engine."""

@@ -1,0 +1,253 @@
+"""Multi-signal, explainable classification of one process.
+
+Every signal is checked and reported (for `ainative explain`); the class comes from the
+strongest signal that matched, in this order: explicit registration, the opt-in
+environment variable, rules (later files first), mapped AI libraries, the GPU's
+compute-process list.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ainative.core.rules import ProcessFacts, RuleSet
+from ainative.core.signatures import match_libraries
+from ainative.platform.backend import Backend
+from ainative.platform.base import SCHED_FIFO, SCHED_RR, ProcessGone, ProcessInfo, TaskId
+
+ENV_VAR = "AINATIVE_CLASS"
+# When to look again at a new process's mapped libraries (seconds after first sight):
+# runtimes are loaded by import/dlopen some time after exec, and re-reading every
+# process's maps on every pass would cost the daemon its idle budget.
+LIBRARY_RECHECK = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
+LIBRARY_RECHECK_STEADY = 120.0
+
+
+@dataclass
+class Signal:
+    name: str  # registration, env, rule, library, gpu
+    matched: bool
+    detail: str
+    cls: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signal": self.name, "matched": self.matched, "detail": self.detail,
+                "class": self.cls}
+
+
+@dataclass
+class Decision:
+    ident: TaskId
+    name: str
+    cls: str | None
+    signals: list[Signal] = field(default_factory=list)
+    excluded: str | None = None  # why the process is never touched
+
+    @property
+    def matched_signals(self) -> list[Signal]:
+        return [s for s in self.signals if s.matched]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.ident.pid,
+            "start_time": self.ident.start_time,
+            "name": self.name,
+            "class": self.cls,
+            "excluded": self.excluded,
+            "signals": [s.to_json() for s in self.signals],
+        }
+
+
+@dataclass
+class _LibCache:
+    libs: dict[str, str]
+    basenames: list[str]
+    first_seen: float
+    checked_at: float
+    checks: int
+
+
+class Classifier:
+    def __init__(
+        self,
+        backend: Backend,
+        rules: RuleSet,
+        *,
+        self_pid: int | None = None,
+        scope_pid: int | None = None,
+        gpu_pids: Callable[[], set[int]] = set,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.rules = rules
+        self.self_pid = os.getpid() if self_pid is None else self_pid
+        self.scope_pid = scope_pid
+        self.gpu_pids = gpu_pids
+        self.clock = clock
+        self.registrations: dict[TaskId, str] = {}
+        self._libs: dict[TaskId, _LibCache] = {}
+
+    # --- libraries, cached by identity so a PID reuse never inherits a stale answer ---
+
+    def libraries(self, ident: TaskId, force: bool = False) -> _LibCache:
+        now = self.clock()
+        c = self._libs.get(ident)
+        if c is not None and not force and not self._due(c, now):
+            return c
+        paths = self.backend.mapped_files(ident.pid)
+        if self.backend.task_id(ident.pid).start_time != ident.start_time:
+            raise ProcessGone(ident.pid)
+        found = match_libraries(paths)
+        bases = sorted({os.path.basename(p) for p in paths})
+        if c is None:
+            c = _LibCache(found, bases, now, now, 1)
+            self._libs[ident] = c
+        else:
+            c.libs, c.basenames, c.checked_at, c.checks = found, bases, now, c.checks + 1
+        return c
+
+    def _due(self, c: _LibCache, now: float) -> bool:
+        if c.libs:
+            return False  # a runtime once mapped stays the answer for this identity
+        age = c.checked_at - c.first_seen
+        nxt = next((t for t in LIBRARY_RECHECK if t > age + 1e-9), None)
+        due_at = c.first_seen + nxt if nxt is not None else c.checked_at + LIBRARY_RECHECK_STEADY
+        return now >= due_at
+
+    def library_recheck_due(self, ident: TaskId) -> bool:
+        c = self._libs.get(ident)
+        return c is None or self._due(c, self.clock())
+
+    def forget(self, ident: TaskId) -> None:
+        self._libs.pop(ident, None)
+        self.registrations.pop(ident, None)
+
+    def forget_gone(self, alive: set[TaskId]) -> None:
+        for ident in [i for i in self._libs if i not in alive]:
+            del self._libs[ident]
+        for ident in [i for i in self.registrations if i not in alive]:
+            del self.registrations[ident]
+
+    # --- the decision ---
+
+    def exclusion(self, info: ProcessInfo, managed: bool) -> str | None:
+        if info.pid == 1:
+            return "PID 1 (init) is never touched"
+        if info.is_kernel_thread:
+            return "kernel thread"
+        if info.pid == self.self_pid:
+            return "the ainative daemon itself"
+        if self.scope_pid is not None and not (
+            info.pid == self.scope_pid or self.backend.is_descendant(info.pid, self.scope_pid)
+        ):
+            return f"outside the daemon's scope (not a descendant of PID {self.scope_pid})"
+        if info.policy in (SCHED_FIFO, SCHED_RR) and not managed:
+            return "someone else gave it a realtime policy; ainative leaves realtime tasks alone"
+        return None
+
+    def classify(self, info: ProcessInfo, *, managed: bool = False,
+                 libraries: bool = True) -> Decision:
+        """Decide the class of one process. ``libraries=False`` skips re-reading maps
+        unless it is due (the cheap path taken on every event)."""
+        d = Decision(info.ident, info.comm, None)
+        d.excluded = self.exclusion(info, managed)
+        if d.excluded:
+            return d
+
+        reg = self.registrations.get(info.ident)
+        d.signals.append(Signal("registration", reg is not None,
+                                f"registered through the socket as {reg}" if reg
+                                else "not registered", reg))
+
+        env_cls: str | None = None
+        try:
+            env_cls = self.backend.environ_value(info.pid, ENV_VAR)
+        except PermissionError:
+            d.signals.append(Signal("env", False, f"{ENV_VAR}: environment not readable"))
+        else:
+            if env_cls is not None and env_cls not in self.rules.classes:
+                d.signals.append(Signal("env", False,
+                                        f"{ENV_VAR}={env_cls!r} is not a known class"))
+                env_cls = None
+            else:
+                d.signals.append(Signal("env", env_cls is not None,
+                                        f"{ENV_VAR}={env_cls}" if env_cls else f"{ENV_VAR} unset",
+                                        env_cls))
+
+        lib_cache: _LibCache | None = None
+
+        def lib_basenames() -> list[str]:
+            nonlocal lib_cache
+            if lib_cache is None:
+                lib_cache = self._lib_cache_for(info.ident, libraries)
+            return lib_cache.basenames if lib_cache else []
+
+        facts = ProcessFacts(
+            comm=info.comm,
+            exe=info.exe,
+            cmdline=" ".join(info.cmdline),
+            user=info.user,
+            uid=info.uid,
+            cgroup=info.cgroup_path,
+            parent_comm=self._parent_comm(info.ppid),
+            libraries=lib_basenames,
+        )
+        hit = self.rules.first_match(facts)
+        if hit:
+            rule, why = hit
+            d.signals.append(Signal("rule", True,
+                                    f"rule {rule.name!r} ({rule.source}): {', '.join(why)}",
+                                    rule.cls))
+        else:
+            n = len(self.rules.rules)
+            d.signals.append(Signal("rule", False, f"none of {n} rules matched"))
+
+        if lib_cache is None:
+            lib_cache = self._lib_cache_for(info.ident, libraries)
+        if lib_cache is None:
+            d.signals.append(Signal("library", False, "mapped files not readable"))
+        elif lib_cache.libs:
+            runtimes = ", ".join(f"{k} ({os.path.basename(v)})" for k, v in lib_cache.libs.items())
+            d.signals.append(Signal("library", True, f"maps {runtimes}",
+                                    self.rules.library_class))
+        else:
+            d.signals.append(Signal("library", False,
+                                    f"no AI runtime among {len(lib_cache.basenames)} mapped files"))
+
+        try:
+            gpu = self.gpu_pids()
+        except Exception as e:  # NVML failures must never stop classification
+            d.signals.append(Signal("gpu", False, f"GPU process list unavailable: {e}"))
+        else:
+            on_gpu = info.pid in gpu
+            d.signals.append(Signal("gpu", on_gpu,
+                                    "in the GPU's compute-process list" if on_gpu
+                                    else "not a GPU compute process",
+                                    self.rules.gpu_process_class if on_gpu else None))
+
+        for s in d.signals:
+            if s.matched and s.cls:
+                d.cls = s.cls
+                break
+        return d
+
+    def _lib_cache_for(self, ident: TaskId, refresh: bool) -> _LibCache | None:
+        try:
+            if refresh:
+                return self.libraries(ident)
+            c = self._libs.get(ident)
+            return c if c is not None else self.libraries(ident)
+        except PermissionError:
+            return None
+
+    def _parent_comm(self, ppid: int) -> str | None:
+        if ppid <= 0:
+            return None
+        try:
+            return self.backend.read_process(ppid).comm
+        except (ProcessGone, PermissionError, OSError):
+            return None
