@@ -126,6 +126,13 @@ class Classifier:
         self._libs.pop(ident, None)
         self.registrations.pop(ident, None)
 
+    def forget_pid(self, pid: int) -> None:
+        """Drop cached libraries of a pid (after exec; registrations stay)."""
+        try:
+            self._libs.pop(self.backend.task_id(pid), None)
+        except ProcessGone:
+            pass
+
     def forget_gone(self, alive: set[TaskId]) -> None:
         for ident in [i for i in self._libs if i not in alive]:
             del self._libs[ident]

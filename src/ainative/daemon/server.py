@@ -280,12 +280,18 @@ class Daemon:
         kind, pid, tid = ev.kind, ev.pid, ev.tid
         if kind == "scan":
             self.full_scan()
-        elif kind == "exec" or kind == "comm":
+        elif kind == "exec":
+            # A new program: what was mapped before (same pid, same start time) is gone.
+            self.classifier.forget_pid(pid)
+            self.examine(pid)
+        elif kind == "comm":
             self.examine(pid)
         elif kind == "fork":
             if tid != pid:
                 self.engine.on_new_thread(pid, tid)
-            else:
+            elif self._managed_by_pid(ev.parent_pid) is not None:
+                # Only a managed parent's fork matters now (inherited values); any other
+                # fork is looked at when it execs, which keeps busy build machines cheap.
                 self.examine(pid, parent_pid=ev.parent_pid)
         elif kind == "exit" and tid == pid:
             for ident in [i for i in self.engine.managed if i.pid == pid]:

@@ -1,0 +1,1 @@
+from daemon_helpers import children, start_daemon  # noqa: F401  (pytest fixtures)

@@ -1,0 +1,251 @@
+"""Fixtures for end-to-end tests: a real daemon scoped to this test process's children,
+and real child processes (plain, threaded, ONNX Runtime) whose values are read back from
+/proc, the ioprio syscall and the cgroup files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ainative.daemon.client import Client, DaemonError
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="changes priorities and cgroups: needs root")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def thread_ids(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def nice_of(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[16])
+
+
+def policy_of(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[38])
+
+
+def ioprio_of(tid: int) -> tuple[int, int]:
+    v = _libc.syscall(252, 1, tid)  # ioprio_get(IOPRIO_WHO_PROCESS, tid)
+    assert v >= 0, os.strerror(ctypes.get_errno())
+    return v >> 13, v & 0x7
+
+
+def affinity_of(pid: int, tid: int) -> str:
+    with open(f"/proc/{pid}/task/{tid}/status") as fh:
+        for line in fh:
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def cgroups_of(pid: int) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/cgroup") as fh:
+        for line in fh:
+            _, ctrl, path = line.rstrip("\n").split(":", 2)
+            out[ctrl or "0"] = path
+    return out
+
+
+def snapshot(pid: int) -> dict[int, tuple[Any, ...]]:
+    """Every value ainative may touch, per thread, plus the process's cgroups."""
+    snap: dict[int, tuple[Any, ...]] = {}
+    for tid in thread_ids(pid):
+        snap[tid] = (nice_of(pid, tid), policy_of(pid, tid), ioprio_of(tid),
+                     affinity_of(pid, tid))
+    snap[-1] = tuple(sorted(cgroups_of(pid).items()))
+    return snap
+
+
+THREADED_CHILD = textwrap.dedent("""
+    import sys, threading, time
+    n = int(sys.argv[1])
+    ev = threading.Event()
+    def spin():
+        ev.wait()
+    for _ in range(n):
+        threading.Thread(target=spin, daemon=True).start()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "more":
+            for _ in range(2):
+                threading.Thread(target=spin, daemon=True).start()
+            print("more", flush=True)
+""")
+
+ONNX_CHILD = textwrap.dedent("""
+    import sys, numpy as np, onnxruntime as ort
+    from onnx import helper, TensorProto
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions(); so.intra_op_num_threads = 2
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s.run(None, {"x": np.ones(4, np.float32)})
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+@dataclass
+class Children:
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None,
+              wait_ready: bool = True) -> subprocess.Popen[str]:
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
+        self.procs.append(p)
+        if wait_ready:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert line.strip() == "ready", f"child did not start: {line!r}"
+        return p
+
+    def python(self, code: str, *args: str, env: dict[str, str] | None = None,
+               argv0: str | None = None) -> subprocess.Popen[str]:
+        exe = sys.executable
+        argv = [exe, "-c", code, *args]
+        if argv0:
+            # exec -a gives the process another argv[0] (and a name for rules to see).
+            return self.spawn(["bash", "-c", f'exec -a {argv0} "$@"', "bash", *argv], env=env)
+        return self.spawn(argv, env=env)
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    c = Children()
+    yield c
+    c.kill_all()
+
+
+@dataclass
+class DaemonProc:
+    proc: subprocess.Popen[str]
+    sock: str
+    state_dir: str
+    log_path: str
+    cgroup_root: str
+
+    @property
+    def client(self) -> Client:
+        return Client(self.sock)
+
+    def log(self) -> list[dict[str, Any]]:
+        out = []
+        for line in Path(self.log_path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_task(self, pid: int, *, cls: str | None = None, active: bool = True,
+                  timeout: float = 10.0) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < end:
+            try:
+                st = self.client.status()
+                for t in st["tasks"]:
+                    if t["pid"] == pid and t["active"] == active and (cls is None or
+                                                                       t["class"] == cls):
+                        return t
+                last = st["tasks"]
+            except DaemonError as e:
+                last = str(e)
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {Path(self.log_path).read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"pid {pid} never managed as {cls}: {last}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(20)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
+    started: list[DaemonProc] = []
+
+    def start(*extra: str, scope: int | None = None, state: str = "state",
+              rules_text: str | None = None, wait: bool = True,
+              sock: str | None = None) -> DaemonProc:
+        sock = sock or str(tmp_path / f"d{len(started)}.sock")
+        log_path = str(tmp_path / f"daemon{len(started)}.log")
+        cg_root = f"ainative-test-{os.getpid()}"
+        args = [sys.executable, "-m", "ainative", "daemon", "--socket", sock,
+                "--state-dir", str(tmp_path / state), "--rules-dir", "",
+                "--scope-descendants", str(scope or os.getpid()), "--cgroup-root", cg_root,
+                "--reconcile-interval", "0.2", *extra]
+        if rules_text is not None:
+            rp = tmp_path / f"rules{len(started)}.toml"
+            rp.write_text(rules_text)
+            args += ["--rules", str(rp)]
+        proc = subprocess.Popen(args, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL,
+                                text=True)
+        d = DaemonProc(proc, sock, str(tmp_path / state), log_path, cg_root)
+        started.append(d)
+        if wait:
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                if proc.poll() is not None:
+                    break
+                try:
+                    d.client.request("ping")
+                    break
+                except DaemonError:
+                    time.sleep(0.05)
+            else:
+                raise AssertionError("daemon did not answer in 15 s")
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.terminate()
+            try:
+                d.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+    # Remove any test cgroups left by a failed test.
+    for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu",
+                 "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct"):
+        root = Path(base, f"ainative-test-{os.getpid()}")
+        if root.is_dir():
+            for sub in sorted(root.glob("*"), reverse=True):
+                if sub.is_dir():
+                    try:
+                        sub.rmdir()
+                    except OSError:
+                        pass
+            try:
+                root.rmdir()
+            except OSError:
+                pass
