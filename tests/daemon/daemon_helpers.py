@@ -234,18 +234,10 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
                 d.proc.wait(20)
             except subprocess.TimeoutExpired:
                 d.proc.kill()
-    # Remove any test cgroups left by a failed test.
-    for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu",
-                 "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct"):
-        root = Path(base, f"ainative-test-{os.getpid()}")
-        if root.is_dir():
-            for sub in sorted(root.glob("*"), reverse=True):
-                if sub.is_dir():
-                    try:
-                        sub.rmdir()
-                    except OSError:
-                        pass
+    # Remove any test cgroups left by a failed test (rmdir fails while processes remain).
+    for base in [Path("/sys/fs/cgroup"), *Path("/sys/fs/cgroup").glob("*")]:
+        for group in base.glob(f"ainative-test-{os.getpid()}*.*"):
             try:
-                root.rmdir()
+                group.rmdir()
             except OSError:
                 pass

@@ -59,11 +59,11 @@ def assert_inference_applied(pid: int, d: DaemonProc) -> None:
         assert ioprio_of(tid) == (2, 0), f"thread {tid}"
         assert policy_of(pid, tid) == 0
     cg = cgroups_of(pid)
-    inside = [k for k, v in cg.items() if v == f"/{d.cgroup_root}/inference"]
+    inside = [k for k, v in cg.items() if v == f"/{d.cgroup_root}.inference"]
     assert inside, f"not in ainative's inference cgroup: {cg}"
     # The cgroup's own file lists the process too.
     for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup"):
-        procs = Path(base, d.cgroup_root, "inference", "cgroup.procs")
+        procs = Path(base, f"{d.cgroup_root}.inference", "cgroup.procs")
         if procs.exists():
             assert str(pid) in procs.read_text().split()
             break

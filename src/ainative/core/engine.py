@@ -221,7 +221,20 @@ class Engine:
         if m.cls == INFERENCE:
             self.update_activation()
 
+    def _catch_up(self, m: Managed) -> None:
+        """Journal threads created since the last pass before undoing: they inherited our
+        values from their creator, and an undo that missed them would leave them changed."""
+        if not m.active or self.dry_run:
+            return
+        try:
+            self._apply_process(m)
+        except ProcessGone:
+            pass
+        except OSError as e:
+            log.warn("catch_up_failed", pid=m.ident.pid, error=str(e))
+
     def deactivate(self, m: Managed, why: str) -> None:
+        self._catch_up(m)
         rep = self._undo_changes(list(m.owned.values()))
         m.owned.clear()
         m.threads.clear()
@@ -409,9 +422,11 @@ class Engine:
             self.update_activation()
 
     def unmanage(self, ident: TaskId, why: str) -> UndoReport:
-        m = self.managed.pop(ident, None)
+        m = self.managed.get(ident)
         if m is None:
             return UndoReport()
+        self._catch_up(m)
+        del self.managed[ident]
         rep = self._undo_changes(list(m.owned.values()))
         log.event("unmanaged", pid=ident.pid, name=m.name, cls=m.cls, why=why, undone=rep.undone)
         if m.cls == INFERENCE:
@@ -457,6 +472,8 @@ class Engine:
     def restore_all(self, pause: bool = True) -> UndoReport:
         """Undo every change in force: those of this run and any left by a crashed one."""
         rep = UndoReport()
+        for m in list(self.managed.values()):
+            self._catch_up(m)
         if self.journal is not None:
             rep = self._undo_changes(self.journal.in_force())
             self.journal.compact()

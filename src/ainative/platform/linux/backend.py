@@ -88,9 +88,11 @@ class LinuxBackend:
 
     def cgroup_prepare(self, group: str, settings: dict[str, Any]) -> dict[str, str]:
         cg = self.cgroups
+        made = cg.ensure_group(group, CgroupSettings(
+            cpu_weight=settings.get("cpu_weight"), cpu_idle=settings.get("cpu_idle"),
+            cpuset_cpus=settings.get("cpuset"), memory_low=settings.get("memory_low")))
         # The paths as /proc/PID/cgroup will show them once a process is inside.
-        made = cg.ensure_group(group, CgroupSettings(**settings))
-        return {k: f"/{self.cgroup_root}/{group}" for k in made}
+        return {k: cg.group_path(group) for k in made}
 
     def rt_throttled(self) -> bool:
         try:

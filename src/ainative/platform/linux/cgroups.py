@@ -1,13 +1,27 @@
 """cgroups for ainative on both layouts: v2 (unified) and v1/hybrid.
 
-ainative owns one subtree (default name "ainative") and creates one group per class
-below it. It only ever moves processes it classified, and it remembers (through the
-engine's journal) where each one came from so it can move it back.
+ainative owns one group per class, named ``<root_name>.<class>`` at the top of each
+hierarchy it uses. The groups are flat on purpose: nested under one shared parent, a
+class's weight would only count against its siblings, so a high-weight inference group
+would be capped by the parent's default weight, and an idle background group would
+inherit that parent's weight whenever inference sleeps.
+
+It only ever moves processes it classified, and it remembers (through the engine's
+journal) where each one came from so it can move it back.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
+
+from ainative.platform.base import ProcessGone
+
+# Features a class may ask for, and the controller (v2) / hierarchy (v1) giving each.
+_V2_CONTROLLER = {"cpu_weight": "cpu", "cpu_idle": "cpu", "cpuset": "cpuset",
+                  "memory_low": "memory"}
+_V1_HIERARCHY = {"cpu_weight": "cpu", "cpu_idle": "cpu", "cpuset": "cpuset"}
 
 
 @dataclass(frozen=True)
@@ -22,48 +36,307 @@ class CgroupSettings:
     cpuset_cpus: str | None = None  # "0-1", "3"
     memory_low: int | None = None  # bytes; v2 memory.low, v1 has no equivalent (reported)
 
+    def features(self) -> list[str]:
+        out = []
+        if self.cpu_weight is not None:
+            out.append("cpu_weight")
+        if self.cpu_idle is not None:
+            out.append("cpu_idle")
+        if self.cpuset_cpus is not None:
+            out.append("cpuset")
+        if self.memory_low is not None:
+            out.append("memory_low")
+        return out
+
+
+def weight_to_shares(weight: int) -> int:
+    return max(2, min(262144, weight * 1024 // 100))
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    key: str  # as the second field of /proc/PID/cgroup shows it ("0" for v2)
+    mount: str
+    controllers: frozenset[str]
+
+    @property
+    def is_v2(self) -> bool:
+        return self.key == "0"
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mounts escapes spaces and friends as octal.
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+
+
+def discover(mount_base: str = "/sys/fs/cgroup",
+             mounts_file: str = "/proc/self/mounts") -> list[Hierarchy]:
+    """Every cgroup hierarchy mounted under mount_base, one entry each."""
+    found: dict[str, Hierarchy] = {}
+    with open(mounts_file) as fh:
+        lines = fh.read().splitlines()
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        mnt, fstype, opts = _unescape(parts[1]), parts[2], parts[3].split(",")
+        if not (mnt == mount_base or mnt.startswith(mount_base.rstrip("/") + "/")):
+            continue
+        if fstype == "cgroup2":
+            try:
+                with open(os.path.join(mnt, "cgroup.controllers")) as cf:
+                    ctrls = frozenset(cf.read().split())
+            except OSError:
+                ctrls = frozenset()
+            found.setdefault("0", Hierarchy("0", mnt, ctrls))
+        elif fstype == "cgroup":
+            known = {"cpu", "cpuacct", "cpuset", "memory", "blkio", "io", "pids", "freezer",
+                     "devices", "net_cls", "net_prio", "perf_event", "hugetlb", "rdma", "misc"}
+            ctrls = frozenset(o for o in opts if o in known)
+            named = [o for o in opts if o.startswith("name=")]
+            if not ctrls and not named:
+                continue
+            # The key is spelled the way /proc/PID/cgroup spells it; read it from there.
+            key = _v1_key(ctrls) if ctrls else named[0]
+            found.setdefault(key, Hierarchy(key, mnt, ctrls))
+    return list(found.values())
+
+
+def _v1_key(ctrls: frozenset[str]) -> str:
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _hid, names, _path = line.rstrip("\n").split(":", 2)
+                if names and frozenset(names.split(",")) == ctrls:
+                    return names
+    except OSError:
+        pass
+    return ",".join(sorted(ctrls))
+
+
+def _write(path: str, value: str) -> None:
+    # os.write rather than a buffered file so that the kernel's error reaches us here.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read().strip()
+
 
 class CgroupManager:
-    """Creates and owns ``<mount>/<root_name>/<group>`` in every hierarchy it needs.
+    """Creates and owns ``<mount>/<root_name>.<group>`` in every hierarchy it needs.
 
     ``mount_base`` is /sys/fs/cgroup on a real machine; tests pass the same but a unique
     ``root_name`` so they never touch anything else.
     """
 
     def __init__(self, root_name: str = "ainative", mount_base: str = "/sys/fs/cgroup") -> None:
-        raise NotImplementedError
+        if not root_name or "/" in root_name or root_name.startswith("."):
+            raise ValueError(f"bad cgroup root name {root_name!r}")
+        self.root_name = root_name
+        self.mount_base = mount_base
+        self.hierarchies = discover(mount_base)
+        if not self.hierarchies:
+            raise OSError(errno.ENOENT, f"no cgroup filesystem mounted under {mount_base}")
+        self._v2 = next((h for h in self.hierarchies if h.is_v2), None)
+        self._v1 = {c: h for h in self.hierarchies if not h.is_v2 for c in h.controllers}
 
     @property
     def layout(self) -> str:
         """'v2', 'v1' or 'hybrid' (v1 controllers plus a v2 mount without them)."""
-        raise NotImplementedError
+        if self._v2 is not None and not self._v1:
+            return "v2"
+        return "hybrid" if self._v2 is not None else "v1"
+
+    def _where(self, feature: str) -> Hierarchy | None:
+        ctrl = _V2_CONTROLLER.get(feature)
+        if self._v2 is not None and ctrl in self._v2.controllers:
+            return self._v2
+        v1 = _V1_HIERARCHY.get(feature)
+        if v1 is not None and v1 in self._v1:
+            return self._v1[v1]
+        return None
+
+    def _managed(self) -> list[Hierarchy]:
+        seen: dict[str, Hierarchy] = {}
+        for feature in _V2_CONTROLLER:
+            h = self._where(feature)
+            if h is not None:
+                seen.setdefault(h.key, h)
+        return list(seen.values())
 
     def capabilities(self) -> dict[str, str]:
         """Each feature (cpu_weight, cpu_idle, cpuset, memory_low, freeze) -> where it works
         ('v2', 'v1:cpu', ...) or why not ('unavailable: ...')."""
-        raise NotImplementedError
+        out: dict[str, str] = {}
+        for feature in ("cpu_weight", "cpu_idle", "cpuset", "memory_low"):
+            h = self._where(feature)
+            if h is None:
+                if feature == "memory_low":
+                    out[feature] = ("unavailable: memory.low needs the cgroup v2 memory "
+                                    "controller (v1 has no equivalent)")
+                else:
+                    out[feature] = ("unavailable: no hierarchy has the "
+                                    f"{_V2_CONTROLLER[feature]} controller")
+                continue
+            where = "v2" if h.is_v2 else f"v1:{h.key}"
+            if feature == "cpu_idle" and not self._idle_supported(h):
+                out[feature] = f"unavailable: no cpu.idle in {where} (kernel before 5.15)"
+                continue
+            out[feature] = where
+        if self._v2 is not None:
+            out["freeze"] = "v2"  # cgroup.freeze, in every non-root v2 group
+        elif "freezer" in self._v1:
+            out["freeze"] = "v1:freezer"
+        else:
+            out["freeze"] = "unavailable: no freezer"
+        out["layout"] = self.layout
+        return out
+
+    def _idle_supported(self, h: Hierarchy) -> bool:
+        # v1 shows cpu.idle in its root group; v2 only in child groups, so look there too.
+        if os.path.exists(os.path.join(h.mount, "cpu.idle")):
+            return True
+        try:
+            for entry in os.scandir(h.mount):
+                if entry.is_dir(follow_symlinks=False):
+                    return os.path.exists(os.path.join(entry.path, "cpu.idle"))
+        except OSError:
+            return False
+        return False
+
+    def group_dir(self, h: Hierarchy, group: str) -> str:
+        return os.path.join(h.mount, f"{self.root_name}.{group}")
+
+    def group_path(self, group: str) -> str:
+        """The path /proc/PID/cgroup shows for a process in the group."""
+        return f"/{self.root_name}.{group}"
+
+    def _enable_v2(self, h: Hierarchy, ctrl: str) -> None:
+        sc = os.path.join(h.mount, "cgroup.subtree_control")
+        if ctrl not in _read(sc).split():
+            _write(sc, f"+{ctrl}")
 
     def ensure_group(self, group: str, settings: CgroupSettings) -> dict[str, str]:
         """Create (or update) the group; return {hierarchy-key: absolute dir} it exists in."""
-        raise NotImplementedError
+        if not group or "/" in group:
+            raise ValueError(f"bad group name {group!r}")
+        made: dict[str, str] = {}
+        for feature in settings.features():
+            h = self._where(feature)
+            if h is None:
+                continue
+            d = self.group_dir(h, group)
+            if h.is_v2:
+                self._enable_v2(h, _V2_CONTROLLER[feature])
+            if h.key not in made:
+                os.makedirs(d, exist_ok=True)
+                made[h.key] = d
+            self._apply(h, d, feature, settings)
+        return made
+
+    def _apply(self, h: Hierarchy, d: str, feature: str, s: CgroupSettings) -> None:
+        if feature == "cpu_weight" and s.cpu_weight is not None:
+            if h.is_v2:
+                _write(os.path.join(d, "cpu.weight"), str(max(1, min(10000, s.cpu_weight))))
+            else:
+                _write(os.path.join(d, "cpu.shares"), str(weight_to_shares(s.cpu_weight)))
+        elif feature == "cpu_idle" and s.cpu_idle is not None:
+            path = os.path.join(d, "cpu.idle")
+            if os.path.exists(path):
+                _write(path, "1" if s.cpu_idle else "0")
+        elif feature == "cpuset" and s.cpuset_cpus is not None:
+            if not h.is_v2:
+                # A v1 cpuset group takes no tasks until both cpus and mems are set.
+                mems = _read(os.path.join(h.mount, "cpuset.mems"))
+                _write(os.path.join(d, "cpuset.mems"), mems)
+            _write(os.path.join(d, "cpuset.cpus"), s.cpuset_cpus)
+        elif feature == "memory_low" and s.memory_low is not None:
+            _write(os.path.join(d, "memory.low"), str(s.memory_low))
 
     def current(self, pid: int) -> dict[str, str]:
         """{hierarchy-key: cgroup path relative to its mount} for the hierarchies we manage."""
-        raise NotImplementedError
+        try:
+            with open(f"/proc/{pid}/cgroup") as fh:
+                text = fh.read()
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise ProcessGone(f"process {pid} has exited") from e
+        keys = {h.key for h in self._managed()}
+        out: dict[str, str] = {}
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            key = "0" if parts[0] == "0" and parts[1] == "" else parts[1]
+            if key in keys:
+                out[key] = parts[2]
+        return out
+
+    def _by_key(self, key: str) -> Hierarchy | None:
+        return next((h for h in self.hierarchies if h.key == key), None)
+
+    def _move_into(self, pid: int, h: Hierarchy, rel: str) -> None:
+        d = os.path.join(h.mount, rel.lstrip("/"))
+        if not os.path.isdir(d):
+            d = h.mount  # the group is gone: the hierarchy's root is the safe place
+        try:
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ProcessGone(f"process {pid} has exited") from e
+            raise
 
     def move(self, pid: int, group: str) -> dict[str, str]:
         """Move the whole process (all threads) into the group. Returns the paths it was in
         before (same shape as current()), for the journal."""
-        raise NotImplementedError
+        before = self.current(pid)
+        target = self.group_path(group)
+        for h in self._managed():
+            if os.path.isdir(self.group_dir(h, group)):
+                self._move_into(pid, h, target)
+        return before
 
     def move_back(self, pid: int, previous: dict[str, str]) -> None:
         """Move the process back where it was, hierarchy by hierarchy, skipping groups that
         no longer exist (then to the hierarchy root)."""
-        raise NotImplementedError
+        for key, rel in previous.items():
+            h = self._by_key(key)
+            if h is not None:
+                self._move_into(pid, h, rel)
 
     def members(self, group: str) -> set[int]:
-        raise NotImplementedError
+        out: set[int] = set()
+        for h in self._managed():
+            try:
+                text = _read(os.path.join(self.group_dir(h, group), "cgroup.procs"))
+            except OSError:
+                continue
+            out.update(int(p) for p in text.split())
+        return out
+
+    def owned_groups(self) -> list[str]:
+        """Absolute dirs of every group this manager's root name owns, in all hierarchies."""
+        prefix = f"{self.root_name}."
+        out = []
+        for h in self.hierarchies:
+            try:
+                out += [e.path for e in os.scandir(h.mount)
+                        if e.is_dir(follow_symlinks=False) and e.name.startswith(prefix)]
+            except OSError:
+                continue
+        return out
 
     def remove_all(self) -> None:
-        """Remove the owned subtree if empty of processes (after restore)."""
-        raise NotImplementedError
+        """Remove the owned groups that are empty of processes (after restore). A group
+        still holding processes is left in place; rmdir refuses it with EBUSY."""
+        for d in self.owned_groups():
+            try:
+                os.rmdir(d)
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.ENOENT):
+                    raise

@@ -7,37 +7,105 @@ Raise ProcessGone when the thread no longer exists, PermissionError when not all
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
+import platform
+from collections.abc import Callable
+from typing import TypeVar
+
+from ainative.platform.base import SCHED_FIFO, SCHED_RR, ProcessGone
+
+T = TypeVar("T")
+
+# ioprio_get/ioprio_set have no wrapper in glibc or in Python's os module, so they are
+# called through syscall(2). Numbers per architecture from the kernel's syscall tables.
+_IOPRIO_SYSCALLS = {
+    "x86_64": (251, 252),
+    "aarch64": (30, 31),
+    "arm64": (30, 31),
+    "riscv64": (30, 31),
+    "ppc64le": (273, 274),
+    "s390x": (282, 283),
+}
+_IOPRIO_WHO_PROCESS = 1  # "process" here means one thread: the kernel takes a TID
+_IOPRIO_CLASS_SHIFT = 13
+_SCHED_RESET_ON_FORK = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _call(tid: int, fn: Callable[[], T]) -> T:
+    """Run fn, turning ESRCH into ProcessGone so callers handle one exception for exit."""
+    try:
+        return fn()
+    except ProcessLookupError as e:
+        raise ProcessGone(f"thread {tid} has exited") from e
+
 
 def get_nice(tid: int) -> int:
-    raise NotImplementedError
+    return _call(tid, lambda: os.getpriority(os.PRIO_PROCESS, tid))
 
 
 def set_nice(tid: int, value: int) -> None:
-    raise NotImplementedError
+    _call(tid, lambda: os.setpriority(os.PRIO_PROCESS, tid, value))
 
 
 def get_policy(tid: int) -> tuple[int, int]:
     """(policy, rt_priority)."""
-    raise NotImplementedError
+    policy = _call(tid, lambda: os.sched_getscheduler(tid))
+    param = _call(tid, lambda: os.sched_getparam(tid))
+    # sched_getscheduler reports RESET_ON_FORK in the policy; the knob value is the bare
+    # policy so that restoring it does not depend on that flag.
+    return policy & ~_SCHED_RESET_ON_FORK, int(param.sched_priority)
 
 
 def set_policy(tid: int, policy: int, rt_priority: int = 0) -> None:
     """SCHED_RESET_ON_FORK is set for FIFO/RR so children of a realtime task do not inherit it."""
-    raise NotImplementedError
+    flags = _SCHED_RESET_ON_FORK if policy in (SCHED_FIFO, SCHED_RR) else 0
+    prio = rt_priority if policy in (SCHED_FIFO, SCHED_RR) else 0
+    param = os.sched_param(prio)
+    _call(tid, lambda: os.sched_setscheduler(tid, policy | flags, param))
+
+
+def _ioprio_numbers() -> tuple[int, int]:
+    machine = platform.machine()
+    try:
+        return _IOPRIO_SYSCALLS[machine]
+    except KeyError:
+        raise OSError(errno.ENOSYS, f"ioprio syscalls not known for {machine}") from None
+
+
+def _syscall(tid: int, *args: int) -> int:
+    res = int(_libc.syscall(*(ctypes.c_long(a) for a in args)))
+    if res < 0:
+        err = ctypes.get_errno()
+        if err == errno.ESRCH:
+            raise ProcessGone(f"thread {tid} has exited")
+        if err == errno.EPERM:
+            raise PermissionError(err, os.strerror(err))
+        raise OSError(err, os.strerror(err))
+    return res
 
 
 def get_ioprio(tid: int) -> tuple[int, int]:
     """(class, level) as ioprio_get(IOPRIO_WHO_PROCESS, tid) returns it."""
-    raise NotImplementedError
+    _set, get = _ioprio_numbers()
+    value = _syscall(tid, get, _IOPRIO_WHO_PROCESS, tid)
+    return value >> _IOPRIO_CLASS_SHIFT, value & ((1 << _IOPRIO_CLASS_SHIFT) - 1)
 
 
 def set_ioprio(tid: int, io_class: int, level: int) -> None:
-    raise NotImplementedError
+    if not 0 <= io_class <= 3 or not 0 <= level <= 7:
+        raise ValueError(f"bad ioprio class {io_class} / level {level}")
+    set_, _get = _ioprio_numbers()
+    _syscall(tid, set_, _IOPRIO_WHO_PROCESS, tid, (io_class << _IOPRIO_CLASS_SHIFT) | level)
 
 
 def get_affinity(tid: int) -> frozenset[int]:
-    raise NotImplementedError
+    return frozenset(_call(tid, lambda: os.sched_getaffinity(tid)))
 
 
 def set_affinity(tid: int, cpus: frozenset[int]) -> None:
-    raise NotImplementedError
+    _call(tid, lambda: os.sched_setaffinity(tid, cpus))
