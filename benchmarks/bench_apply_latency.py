@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import numpy as np
+
 from _daemon import BenchDaemon
 
 RULES = """
@@ -67,7 +68,7 @@ def main() -> None:
           f"{args.timeout:.0f} s), event source from the daemon log:")
     print(f"  p50 {np.percentile(a, 50):.2f} ms   p90 {np.percentile(a, 90):.2f} ms   "
           f"p99 {np.percentile(a, 99):.2f} ms   max {a.max():.2f} ms")
-    print(f"  (includes fork+exec of the child itself; target: p99 < 50 ms)")
+    print("  (includes fork+exec of the child itself; target: p99 < 50 ms)")
 
 
 if __name__ == "__main__":
