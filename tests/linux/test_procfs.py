@@ -20,7 +20,8 @@ def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[byt
     # Wait for exec to finish so /proc shows the new image, not python's.
     while time.monotonic() < deadline:
         try:
-            if os.readlink(f"/proc/{p.pid}/exe") != os.path.realpath(sys.executable):
+            if (os.readlink(f"/proc/{p.pid}/exe") != os.path.realpath(sys.executable)
+                    and open(f"/proc/{p.pid}/cmdline", "rb").read()):
                 break
         except OSError:
             pass
