@@ -158,8 +158,9 @@ class Classifier:
 
     def classify(self, info: ProcessInfo, *, managed: bool = False,
                  libraries: bool = True) -> Decision:
-        """Decide the class of one process. ``libraries=False`` skips re-reading maps
-        unless it is due (the cheap path taken on every event)."""
+        """Decide the class of one process. Mapped files are re-read only when the
+        backoff says a recheck is due; ``libraries=False`` never re-reads a cached answer
+        (the cheap path taken on every event)."""
         d = Decision(info.ident, info.comm, None)
         d.excluded = self.exclusion(info, managed)
         if d.excluded:

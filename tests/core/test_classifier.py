@@ -1,0 +1,166 @@
+"""The classifier's signal order and exclusions, tested once against an in-memory process
+table (the Linux backend is tested on its own in tests/linux, and end to end in
+tests/daemon)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ainative.core.classifier import Classifier
+from ainative.core.rules import load_rules
+from ainative.platform.base import SCHED_FIFO, ProcessGone, ProcessInfo, TaskId
+
+
+@dataclass
+class Table:
+    """Just the read side of the Backend interface the classifier uses."""
+
+    procs: dict[int, ProcessInfo] = field(default_factory=dict)
+    env: dict[int, dict[str, str]] = field(default_factory=dict)
+    maps: dict[int, list[str]] = field(default_factory=dict)
+    maps_reads: int = 0
+
+    def add(self, pid: int, comm: str, *, ppid: int = 100, exe: str | None = None,
+            cmdline: list[str] | None = None, env: dict[str, str] | None = None,
+            maps: list[str] | None = None, **kw: Any) -> ProcessInfo:
+        info = ProcessInfo(TaskId(pid, 1000 + pid), ppid, comm, exe or f"/usr/bin/{comm}",
+                           cmdline or [comm], 1000, "alice", {"0": "/user.slice"}, **kw)
+        self.procs[pid] = info
+        self.env[pid] = env or {}
+        self.maps[pid] = maps or ["/usr/lib/x86_64-linux-gnu/libc.so.6"]
+        return info
+
+    def read_process(self, pid: int) -> ProcessInfo:
+        if pid not in self.procs:
+            raise ProcessGone(pid)
+        return self.procs[pid]
+
+    def task_id(self, pid: int, tid: int | None = None) -> TaskId:
+        return self.read_process(pid).ident
+
+    def environ_value(self, pid: int, name: str) -> str | None:
+        return self.env[pid].get(name)
+
+    def mapped_files(self, pid: int) -> list[str]:
+        self.maps_reads += 1
+        if pid not in self.maps:
+            raise ProcessGone(pid)
+        return self.maps[pid]
+
+    def is_descendant(self, pid: int, ancestor: int) -> bool:
+        cur = self.procs.get(pid)
+        while cur is not None and cur.ppid not in (0, 1):
+            if cur.ppid == ancestor:
+                return True
+            cur = self.procs.get(cur.ppid)
+        return False
+
+
+ORT = "/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.20.0"
+
+
+@pytest.fixture
+def table() -> Table:
+    t = Table()
+    t.add(100, "bash", ppid=1)
+    return t
+
+
+def classifier(t: Table, **kw: Any) -> Classifier:
+    return Classifier(t, load_rules(rules_dir=None), self_pid=99, **kw)  # type: ignore[arg-type]
+
+
+def test_library_signal_makes_an_onnxruntime_process_inference(table: Table) -> None:
+    info = table.add(200, "python3", maps=["/usr/lib/libc.so.6", ORT])
+    d = classifier(table).classify(info)
+    assert d.cls == "inference"
+    lib = next(s for s in d.signals if s.name == "library")
+    assert lib.matched and "libonnxruntime" in lib.detail
+
+
+def test_plain_process_is_left_alone(table: Table) -> None:
+    d = classifier(table).classify(table.add(201, "vim"))
+    assert d.cls is None and not d.excluded
+    assert not d.matched_signals
+
+
+def test_precedence_registration_then_env_then_rule_then_library(table: Table) -> None:
+    c = classifier(table)
+    info = table.add(202, "stress-ng", maps=[ORT], env={"AINATIVE_CLASS": "training"})
+    # env beats the rule (stress-ng -> background) and the library (-> inference)
+    assert c.classify(info).cls == "training"
+    c.registrations[info.ident] = "background"
+    assert c.classify(info).cls == "background"
+    del c.registrations[info.ident]
+    table.env[202] = {}
+    assert c.classify(info).cls == "background"  # the rule beats the library
+    table.procs[202] = table.add(202, "python3", maps=[ORT])
+    assert c.classify(table.procs[202]).cls == "inference"
+
+
+def test_unknown_env_class_is_ignored_and_said(table: Table) -> None:
+    info = table.add(203, "python3", env={"AINATIVE_CLASS": "turbo"})
+    d = classifier(table).classify(info)
+    assert d.cls is None
+    assert any(s.name == "env" and "turbo" in s.detail for s in d.signals)
+
+
+def test_gpu_process_list_is_a_signal_and_its_failure_is_not_fatal(table: Table) -> None:
+    info = table.add(204, "python3")
+    assert classifier(table, gpu_pids=lambda: {204}).classify(info).cls == "inference"
+
+    def broken() -> set[int]:
+        raise RuntimeError("NVML exploded")
+
+    d = classifier(table, gpu_pids=broken).classify(info)
+    assert d.cls is None and any("NVML exploded" in s.detail for s in d.signals)
+
+
+@pytest.mark.parametrize(("pid", "kw", "why"), [
+    (1, {}, "PID 1"),
+    (205, {"is_kernel_thread": True}, "kernel thread"),
+    (99, {}, "daemon itself"),
+    (206, {"policy": SCHED_FIFO}, "realtime"),
+])
+def test_exclusions(table: Table, pid: int, kw: dict[str, Any], why: str) -> None:
+    info = table.add(pid, "python3", maps=[ORT], env={"AINATIVE_CLASS": "inference"}, **kw)
+    d = classifier(table).classify(info)
+    assert d.cls is None and d.excluded and why in d.excluded
+
+
+def test_scope_limits_to_descendants(table: Table) -> None:
+    table.add(300, "leader")
+    inside = table.add(301, "python3", ppid=300, maps=[ORT])
+    outside = table.add(302, "python3", maps=[ORT])
+    c = classifier(table, scope_pid=300)
+    assert c.classify(inside).cls == "inference"
+    d = c.classify(outside)
+    assert d.cls is None and "scope" in (d.excluded or "")
+
+
+def test_libraries_are_cached_by_identity_and_rechecked_with_backoff(table: Table) -> None:
+    now = [0.0]
+    c = classifier(table, clock=lambda: now[0])
+    info = table.add(400, "python3")
+    assert c.classify(info).cls is None
+    reads = table.maps_reads
+    # Maps are not re-read before the recheck is due...
+    now[0] += 0.01
+    assert not c.library_recheck_due(info.ident)
+    c.classify(info)
+    c.classify(info, libraries=False)
+    assert table.maps_reads == reads
+    # ...and a process that loads onnxruntime later is found once it is.
+    table.maps[400] = [ORT]
+    now[0] += 100.0
+    assert c.library_recheck_due(info.ident)
+    assert c.classify(info, libraries=False).cls is None
+    assert c.classify(info).cls == "inference"
+    assert not c.library_recheck_due(info.ident)  # a runtime found stays the answer
+    # A reused PID (new start time) never inherits the old answer.
+    reused = table.add(400, "python3")
+    assert reused.ident != info.ident
+    assert c.classify(reused).cls is None
