@@ -25,8 +25,8 @@ class Table:
 
     def add(self, pid: int, comm: str, *, ppid: int = 100, exe: str | None = None,
             cmdline: list[str] | None = None, env: dict[str, str] | None = None,
-            maps: list[str] | None = None, **kw: Any) -> ProcessInfo:
-        info = ProcessInfo(TaskId(pid, 1000 + pid), ppid, comm, exe or f"/usr/bin/{comm}",
+            maps: list[str] | None = None, start: int = 0, **kw: Any) -> ProcessInfo:
+        info = ProcessInfo(TaskId(pid, start or 1000 + pid), ppid, comm, exe or f"/usr/bin/{comm}",
                            cmdline or [comm], 1000, "alice", {"0": "/user.slice"}, **kw)
         self.procs[pid] = info
         self.env[pid] = env or {}
@@ -161,6 +161,6 @@ def test_libraries_are_cached_by_identity_and_rechecked_with_backoff(table: Tabl
     assert c.classify(info).cls == "inference"
     assert not c.library_recheck_due(info.ident)  # a runtime found stays the answer
     # A reused PID (new start time) never inherits the old answer.
-    reused = table.add(400, "python3")
+    reused = table.add(400, "python3", start=99999)
     assert reused.ident != info.ident
     assert c.classify(reused).cls is None
