@@ -6,7 +6,12 @@ nothing here raises for a missing GPU.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,10 +42,97 @@ class GpuReport:
     gpus: list[GpuStatus] = field(default_factory=list)
 
 
+_lock = threading.Lock()
+_state: dict[str, Any] = {"init": False, "error": None, "nvml": None}
+
+
+def _nvml() -> Any:
+    """The initialised pynvml module, or raise RuntimeError with a plain reason (cached:
+    a machine without a driver does not grow one while the daemon runs)."""
+    with _lock:
+        if _state["init"]:
+            return _state["nvml"]
+        if _state["error"] is not None:
+            raise RuntimeError(_state["error"])
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except ImportError:
+            _state["error"] = "nvidia-ml-py (pynvml) is not installed"
+        except Exception as e:
+            lib_missing = getattr(e, "value", None) == 12  # NVML_ERROR_LIBRARY_NOT_FOUND
+            _state["error"] = ("NVML library not found (no NVIDIA driver on this machine)"
+                               if lib_missing else f"NVML unavailable: {e!s}")
+        else:
+            _state["init"], _state["nvml"] = True, pynvml
+            return pynvml
+        raise RuntimeError(_state["error"])
+
+
+def _field(fn: Callable[[], T]) -> T | None:
+    # Each field on its own: a GPU that does not support one still reports the others.
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _processes(nv: Any, h: Any) -> list[GpuProcess]:
+    out: list[GpuProcess] = []
+    for kind, getter in (("compute", "nvmlDeviceGetComputeRunningProcesses"),
+                         ("graphics", "nvmlDeviceGetGraphicsRunningProcesses")):
+        procs = _field(lambda g=getter: getattr(nv, g)(h)) or []  # type: ignore[misc]
+        for p in procs:
+            mem = getattr(p, "usedGpuMemory", None)
+            # NVML_VALUE_NOT_AVAILABLE is reported as a huge unsigned value or None.
+            if mem is None or mem >= (1 << 63):
+                mem = None
+            out.append(GpuProcess(int(p.pid), mem, kind))
+    return out
+
+
 def read_gpus() -> GpuReport:
-    raise NotImplementedError
+    try:
+        nv = _nvml()
+    except RuntimeError as e:
+        return GpuReport(False, str(e))
+    try:
+        count = nv.nvmlDeviceGetCount()
+    except Exception as e:
+        return GpuReport(False, f"NVML could not count GPUs: {e!s}")
+    driver = _field(lambda: _text(nv.nvmlSystemGetDriverVersion())) or "?"
+    gpus = []
+    for i in range(count):
+        h = _field(lambda i=i: nv.nvmlDeviceGetHandleByIndex(i))  # type: ignore[misc]
+        if h is None:
+            continue
+        util = _field(lambda h=h: nv.nvmlDeviceGetUtilizationRates(h))  # type: ignore[misc]
+        mem = _field(lambda h=h: nv.nvmlDeviceGetMemoryInfo(h))  # type: ignore[misc]
+        power = _field(lambda h=h: nv.nvmlDeviceGetPowerUsage(h))  # type: ignore[misc]
+        gpus.append(GpuStatus(
+            index=i,
+            name=_field(lambda h=h: _text(nv.nvmlDeviceGetName(h))) or "?",  # type: ignore[misc]
+            uuid=_field(lambda h=h: _text(nv.nvmlDeviceGetUUID(h))) or "?",  # type: ignore[misc]
+            utilization_gpu=float(util.gpu) if util is not None else None,
+            utilization_memory=float(util.memory) if util is not None else None,
+            memory_used=int(mem.used) if mem is not None else None,
+            memory_total=int(mem.total) if mem is not None else None,
+            temperature_c=_field(lambda h=h: float(  # type: ignore[misc]
+                nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))),
+            power_w=power / 1000.0 if power is not None else None,
+            processes=_processes(nv, h),
+        ))
+    if not gpus:
+        return GpuReport(False, f"NVML works (driver {driver}) but reports no GPU")
+    return GpuReport(True, f"driver {driver}", gpus)
 
 
 def compute_pids() -> set[int]:
     """PIDs of every compute process on any GPU; empty without NVML."""
-    raise NotImplementedError
+    rep = read_gpus()
+    return {p.pid for g in rep.gpus for p in g.processes if p.kind == "compute"}
