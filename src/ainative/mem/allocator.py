@@ -60,12 +60,22 @@ def size_class(nbytes: int) -> str:
 class _Slab:
     offset: int
     block: int
-    free: list[int]  # block offsets, LIFO for cache warmth
+    capacity: int
+    # Returned blocks, LIFO for cache warmth. Blocks never handed out come from a bump
+    # index instead, so making a slab costs the same for 64-byte blocks as for 64 KiB ones.
+    free: list[int] = field(default_factory=list)
+    bumped: int = 0
     used: int = 0
 
-    @property
-    def capacity(self) -> int:
-        return SLAB_SIZE // self.block
+    def has_free(self) -> bool:
+        return bool(self.free) or self.bumped < self.capacity
+
+    def take(self) -> int:
+        self.used += 1
+        if self.free:
+            return self.free.pop()
+        self.bumped += 1
+        return self.offset + (self.bumped - 1) * self.block
 
 
 @dataclass
@@ -173,14 +183,12 @@ class Allocator:
         slabs = self._slabs.setdefault(block, [])
         if not slabs:
             off = self._take_extent(SLAB_SIZE, PAGE)
-            n = SLAB_SIZE // block
-            slab = _Slab(off, block, [off + k * block for k in range(n - 1, -1, -1)])
+            slab = _Slab(off, block, SLAB_SIZE // block)
             self._slab_of[off] = slab
             slabs.append(slab)
         slab = slabs[-1]
-        boff = slab.free.pop()
-        slab.used += 1
-        if not slab.free:
+        boff = slab.take()
+        if not slab.has_free():
             slabs.pop()
         return Allocation(boff, block, nbytes, "small", slab.offset)
 
@@ -204,7 +212,7 @@ class Allocator:
                 self._add_extent(a.offset, a.size)
                 return
             slab = self._slab_of[a.slab]
-            was_full = not slab.free
+            was_full = not slab.has_free()
             slab.free.append(a.offset)
             slab.used -= 1
             slabs = self._slabs[slab.block]

@@ -30,6 +30,10 @@ _libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 _libc.memset.restype = ctypes.c_void_p
 
 
+class LockFailed(OSError):
+    """mlock refused the arena (as opposed to mmap, madvise or mbind failing)."""
+
+
 def _err(what: str) -> OSError:
     e = ctypes.get_errno()
     return OSError(e, f"{what}: {os.strerror(e)}")
@@ -67,11 +71,12 @@ class Arena:
     def __init__(self, size: int, lock: bool, hugepages: str | bool = "auto",
                  numa_node: int | None = None) -> None:
         self.size = size
+        self.address = 0  # what close() and __del__ see if mmap fails
         addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         if addr is None or addr == MAP_FAILED:
             raise _err(f"mmap of {size} bytes")
-        self.address: int = addr
+        self.address = addr
         self.info = ArenaInfo(False, "not requested", False, "not requested", None,
                               "not requested")
         try:
@@ -79,13 +84,14 @@ class Arena:
             self._numa(numa_node)
             if lock:
                 if _libc.mlock(self.address, size) != 0:
-                    raise _err(f"mlock of {size} bytes")
+                    e = _err(f"mlock of {size} bytes")
+                    raise LockFailed(e.errno, e.strerror)
                 self.info.locked, self.info.lock_reason = True, "mlock"
             # Touch every page now (mlock already faulted them in; writing also gives
             # private pages rather than the shared zero page), so the hot path never faults.
             _libc.memset(self.address, 0, size)
         except BaseException:
-            _libc.munmap(self.address, size)
+            self.close()
             raise
 
     def _hugepages(self, want: str | bool) -> None:
@@ -128,9 +134,15 @@ class Arena:
 
     def block(self, offset: int, nbytes: int) -> ctypes.Array[ctypes.c_char]:
         """A ctypes object over the range: the buffer exporter every view of it hangs on."""
+        if not self.address:
+            raise ValueError("the arena is unmapped")
         if offset < 0 or offset + nbytes > self.size:
             raise IndexError("range outside the arena")
-        return (ctypes.c_char * nbytes).from_address(self.address + offset)
+        blk = (ctypes.c_char * nbytes).from_address(self.address + offset)
+        # Every view hangs on its block, and the block on the arena: the mapping cannot go
+        # away (closing the pool, or the pool being collected) while a view can reach it.
+        blk._arena = self  # type: ignore[attr-defined]
+        return blk
 
     def close(self) -> None:
         if self.address:
@@ -138,6 +150,9 @@ class Arena:
                 _libc.munlock(self.address, self.size)
             _libc.munmap(self.address, self.size)
             self.address = 0
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def gpu_numa_node(index: int = 0) -> int | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +20,9 @@ def _still_used(anchors: list[Any]) -> list[Any]:
     return [anchors[i] for i in used]
 
 
+_FREED = "was already freed"
+
+
 class BufferFreed(Exception):
     """The buffer was freed: using it or freeing it again is a bug in the caller."""
 
@@ -28,7 +33,7 @@ class BufferInUse(Exception):
 
 
 class PinnedBuffer:
-    __slots__ = ("_anchors", "_pool", "nbytes", "offset", "reserved")
+    __slots__ = ("_anchors", "_gone", "_pool", "nbytes", "offset", "reserved")
 
     def __init__(self, pool: PinnedPool, offset: int, nbytes: int, reserved: int) -> None:
         self._pool: PinnedPool | None = pool
@@ -39,6 +44,7 @@ class PinnedBuffer:
         # DLPack capsule made from it keeps it referenced, so while its reference count
         # is above our own, something can still reach the memory.
         self._anchors: list[Any] = []
+        self._gone = _FREED  # why it is unusable, once _pool is None
 
     @property
     def freed(self) -> bool:
@@ -47,7 +53,7 @@ class PinnedBuffer:
     def _live_pool(self) -> PinnedPool:
         if self._pool is None:
             raise BufferFreed(f"use after free: buffer of {self.nbytes} bytes at offset "
-                              f"{self.offset} was already freed")
+                              f"{self.offset} {self._gone}")
         return self._pool
 
     @property
@@ -76,9 +82,14 @@ class PinnedBuffer:
                              f"the buffer has {self.nbytes}")
         return np.frombuffer(self._anchor(), dtype=dt, count=count).reshape(shape)
 
-    # DLPack, through NumPy's implementation of the protocol.
-    def __dlpack__(self, stream: Any = None) -> Any:
-        return self.array(np.uint8).__dlpack__()
+    # DLPack, through NumPy's implementation of the protocol. Newer consumers pass
+    # max_version / dl_device / copy; older NumPy only knows stream, so pass on only what
+    # was given.
+    def __dlpack__(self, *, stream: Any = None, **kwargs: Any) -> Any:
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        if stream is not None:
+            given["stream"] = stream
+        return self.array(np.uint8).__dlpack__(**given)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)  # kDLCPU: pinned host memory is host memory to DLPack consumers
@@ -86,8 +97,9 @@ class PinnedBuffer:
     def free(self) -> None:
         pool = self._pool
         if pool is None:
-            raise BufferFreed(f"double free: buffer of {self.nbytes} bytes at offset "
-                              f"{self.offset} was already freed")
+            what = "double free" if self._gone == _FREED else "free"
+            raise BufferFreed(f"{what}: buffer of {self.nbytes} bytes at offset "
+                              f"{self.offset} {self._gone}")
         self._anchors = _still_used(self._anchors)
         if self._anchors:
             raise BufferInUse(f"{len(self._anchors)} view(s) of this buffer (NumPy arrays, "
@@ -95,12 +107,41 @@ class PinnedBuffer:
         self._pool = None
         pool._release(self)
 
+    def _detach(self, why: str) -> None:
+        """The pool is going away: drop the pool and the dead anchors (live views keep the
+        arena mapped on their own), and say why from now on."""
+        self._anchors = []
+        self._pool = None
+        self._gone = why
+
     def __enter__(self) -> PinnedBuffer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self.free()
+        # Locals made inside the block (`a = buf.array()`) outlive it, so leaving the block
+        # is not the strict free(): the buffer is unusable at once, and its range goes back
+        # to the pool when the last view of it dies, never while one can still reach it.
+        pool = self._pool
+        if pool is None:
+            return
+        alive = _still_used(self._anchors)
+        self._anchors = []
+        self._pool = None
+        if not alive:
+            pool._release(self)
+            return
+        pending = [len(alive)]
+        lock = threading.Lock()
+
+        def one_gone() -> None:
+            with lock:
+                pending[0] -= 1
+                last = pending[0] == 0
+            if last:
+                pool._release(self)
+
+        for anchor in alive:
+            weakref.finalize(anchor, one_gone)
 
     def __len__(self) -> int:
         return self.nbytes

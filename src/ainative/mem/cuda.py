@@ -102,7 +102,7 @@ def find_runtime() -> tuple[CudaRuntime | None, str]:
     return rt, reason
 
 
-def h2d_bandwidth(host: Any, repeats: int = 20) -> dict[str, float] | None:
+def h2d_bandwidth(host: Any, repeats: int = 20) -> dict[str, Any] | None:
     """GB/s copying a NumPy array to the GPU (torch or cupy), or None without either."""
     try:
         import torch
@@ -117,7 +117,7 @@ def h2d_bandwidth(host: Any, repeats: int = 20) -> dict[str, float] | None:
                 dst.copy_(src, non_blocking=True)
             torch.cuda.synchronize()
             dt = time.perf_counter() - t
-            return {"gb_per_s": host.nbytes * repeats / dt / 1e9, "via": 0.0}
+            return {"gb_per_s": host.nbytes * repeats / dt / 1e9, "via": "torch"}
     except ImportError:
         pass
     try:
@@ -131,6 +131,6 @@ def h2d_bandwidth(host: Any, repeats: int = 20) -> dict[str, float] | None:
             dst.set(host)
         cupy.cuda.runtime.deviceSynchronize()
         dt = time.perf_counter() - t
-        return {"gb_per_s": host.nbytes * repeats / dt / 1e9, "via": 1.0}
+        return {"gb_per_s": host.nbytes * repeats / dt / 1e9, "via": "cupy"}
     except ImportError:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -11,13 +12,24 @@ from typing import Any
 from ainative.core.classes import parse_size
 from ainative.mem import cuda
 from ainative.mem.allocator import PAGE, Allocator, OutOfSpace
-from ainative.mem.arena import Arena, gpu_numa_node, numa_nodes
+from ainative.mem.arena import Arena, ArenaInfo, LockFailed, gpu_numa_node, numa_nodes
 from ainative.mem.buffer import PinnedBuffer
 from ainative.mem.limits import MemlockError, lock_limits
 
 
 class PoolExhausted(MemoryError):
     """No free range fits the request; the message carries the pool's stats."""
+
+
+class _ClosedArena:
+    """What a closed pool keeps of its arena: the description, not the mapping."""
+
+    def __init__(self, info: ArenaInfo) -> None:
+        self.info = info
+        self.address = 0
+
+    def block(self, offset: int, nbytes: int) -> ctypes.Array[ctypes.c_char]:
+        raise ValueError("the arena is unmapped")
 
 
 class PinnedPool:
@@ -37,6 +49,10 @@ class PinnedPool:
         if size <= 0:
             raise ValueError("capacity must be positive")
         size = (size + PAGE - 1) // PAGE * PAGE
+        if lock not in ("required", "try", "never", True, False):
+            raise ValueError(f"lock must be 'required', 'try' or False, not {lock!r}")
+        if hugepages not in ("auto", "never", True, False):
+            raise ValueError(f"hugepages must be 'auto', True or False, not {hugepages!r}")
         self.name = name
         limits = lock_limits()
         want_lock = lock not in (False, "never")
@@ -49,16 +65,16 @@ class PinnedPool:
                 raise MemlockError(limits.explain(size))
         if numa_node is None and len(numa_nodes()) > 1:
             numa_node = gpu_numa_node()
+        self._arena: Arena | _ClosedArena
         try:
             self._arena = Arena(size, want_lock, hugepages, numa_node)
-        except OSError as e:
-            if want_lock and lock == "try":
-                self._arena = Arena(size, False, hugepages, numa_node)
-                lock_reason = f"UNLOCKED: mlock failed ({e.strerror})"
-            elif want_lock:
+        except LockFailed as e:
+            # The limits allowed it, yet the kernel said no (e.g. ENOMEM: not enough
+            # unlockable RAM left).
+            if lock != "try":
                 raise MemlockError(f"{e}; {limits.explain(size)}") from e
-            else:
-                raise
+            self._arena = Arena(size, False, hugepages, numa_node)
+            lock_reason = f"UNLOCKED: mlock failed ({e.strerror})"
         if self._arena.info.locked:
             lock_reason = "mlock"
         self._arena.info.lock_reason = lock_reason
@@ -79,8 +95,12 @@ class PinnedPool:
                     why = f"cudaHostRegister failed with error {code}"
             self.cuda_reason = why
         self._closed = False
+        self._unmap_deferred = False
+        self._state_lock = threading.Lock()
+        self._buffers: dict[int, PinnedBuffer] = {}  # live ones, so close() can retire them
         self._report = report_to_daemon
         self._last_report = 0.0
+        self._report_timer: threading.Timer | None = None
         self._report_lock = threading.Lock()
         self._maybe_report(force=True)
 
@@ -88,7 +108,7 @@ class PinnedPool:
 
     def alloc(self, nbytes: int) -> PinnedBuffer:
         if self._closed:
-            raise ValueError("the pool is closed")
+            raise ValueError(f"pool {self.name!r} is closed")
         try:
             a = self._alloc.alloc(int(nbytes))
         except OutOfSpace:
@@ -98,16 +118,28 @@ class PinnedPool:
                 f"{s['free']} of {s['total']} bytes free, largest free extent "
                 f"{s['largest_free_extent']}, {s['blocks_in_use']} blocks in use, "
                 f"fragmentation {s['fragmentation']:.2f}, failures {s['failures']}") from None
+        buf = PinnedBuffer(self, a.offset, int(nbytes), a.size)
+        with self._state_lock:
+            if self._closed:  # close() ran in another thread meanwhile
+                self._alloc.free(a.offset)
+                raise ValueError(f"pool {self.name!r} is closed")
+            self._buffers[a.offset] = buf
         self._maybe_report()
-        return PinnedBuffer(self, a.offset, int(nbytes), a.size)
+        return buf
 
     def _release(self, buf: PinnedBuffer) -> None:
-        self._alloc.free(buf.offset)
+        with self._state_lock:
+            # After close() every buffer is retired already; a late release (the last view
+            # of a buffer left by a `with` block dying) has nothing left to give back.
+            if self._closed or self._buffers.get(buf.offset) is not buf:
+                return
+            del self._buffers[buf.offset]
+            self._alloc.free(buf.offset)
         self._maybe_report()
 
     def arena_block(self, offset: int, nbytes: int) -> ctypes.Array[ctypes.c_char]:
         if self._closed:
-            raise ValueError("the pool is closed")
+            raise ValueError(f"pool {self.name!r} is closed")
         return self._arena.block(offset, nbytes)
 
     # --- state ---
@@ -124,35 +156,65 @@ class PinnedPool:
             "hugepages": info.hugepages, "hugepages_detail": info.hugepage_reason,
             "numa_node": info.numa_node, "numa_detail": info.numa_reason,
             "cuda_registered": self.cuda_registered, "cuda_detail": self.cuda_reason,
+            "closed": self._closed,
         })
+        if self._unmap_deferred:
+            s["closed_detail"] = "unmapped when the last NumPy array / memoryview of it dies"
         return s
 
     def _maybe_report(self, force: bool = False) -> None:
-        # At most once a second, on a short-lived thread: the hot path never waits on the
-        # daemon, and a pool works the same without one.
+        # At most once a second, off the hot path: it never waits on the daemon, and a pool
+        # works the same without one. A change inside the second is not dropped: one
+        # timer sends the state as it is when the second is up.
         if not self._report:
             return
-        now = time.monotonic()
-        if not force and now - self._last_report < 1.0:
-            return
-        self._last_report = now
-        stats = self.stats()
+        with self._report_lock:
+            now = time.monotonic()
+            wait = 1.0 - (now - self._last_report)
+            if not force and wait > 0:
+                if self._report_timer is None:
+                    self._report_timer = threading.Timer(wait, self._report_now)
+                    self._report_timer.daemon = True
+                    self._report_timer.start()
+                return
+            if self._report_timer is not None:
+                self._report_timer.cancel()
+                self._report_timer = None
+            self._last_report = now
+        threading.Thread(target=self._send, args=(self.stats(),), daemon=True,
+                         name="ainative-pool-report").start()
 
-        def send() -> None:
-            from ainative.daemon.client import report_pool
+    def _report_now(self) -> None:
+        with self._report_lock:
+            self._report_timer = None
+            self._last_report = time.monotonic()
+        self._send(self.stats())
 
-            with self._report_lock:
-                report_pool(stats)
+    def _send(self, stats: dict[str, Any]) -> None:
+        from ainative.daemon.client import report_pool
 
-        threading.Thread(target=send, daemon=True, name="ainative-pool-report").start()
+        report_pool(stats)
 
     def close(self) -> None:
-        if self._closed:
-            return
+        """Give the memory back. Buffers still allocated are retired (using them raises
+        BufferFreed). NumPy arrays or memoryviews still alive keep the arena mapped until
+        the last of them dies, so they never point into unmapped memory."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            retired = list(self._buffers.values())
+            self._buffers.clear()
+        for buf in retired:
+            buf._detach("was retired when its pool was closed")
+            self._alloc.free(buf.offset)
         if self._cuda is not None:
             self._cuda.unregister(self.address)
-        self._closed = True
-        self._arena.close()
+        # Blocks handed to views hold the arena; with none left, this is the last
+        # reference and the arena is unmapped (and unlocked) right here.
+        self._unmap_deferred = sys.getrefcount(self._arena) > 2
+        self._arena = _ClosedArena(self._arena.info)
+        self._maybe_report(force=True)
 
     def __enter__(self) -> PinnedPool:
         return self
