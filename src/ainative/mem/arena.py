@@ -16,6 +16,7 @@ from dataclasses import dataclass
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
 MADV_HUGEPAGE = 14
+HUGE_PAGE = 2 << 20
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -72,11 +73,7 @@ class Arena:
                  numa_node: int | None = None) -> None:
         self.size = size
         self.address = 0  # what close() and __del__ see if mmap fails
-        addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        if addr is None or addr == MAP_FAILED:
-            raise _err(f"mmap of {size} bytes")
-        self.address = addr
+        self.address = self._map(size, hugepages not in (False, "never"))
         self.info = ArenaInfo(False, "not requested", False, "not requested", None,
                               "not requested")
         try:
@@ -94,6 +91,25 @@ class Arena:
             self.close()
             raise
 
+    @staticmethod
+    def _map(size: int, huge: bool) -> int:
+        # Huge pages only back 2 MiB-aligned 2 MiB ranges. Older kernels do not align large
+        # anonymous mappings, so map a huge page more than needed and trim both ends.
+        pad = HUGE_PAGE if huge and size >= HUGE_PAGE else 0
+        addr = _libc.mmap(None, size + pad, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if addr is None or addr == MAP_FAILED:
+            raise _err(f"mmap of {size} bytes")
+        if pad:
+            start = (addr + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+            if start > addr:
+                _libc.munmap(addr, start - addr)
+            tail = addr + size + pad - (start + size)
+            if tail:
+                _libc.munmap(start + size, tail)
+            addr = start
+        return int(addr)
+
     def _hugepages(self, want: str | bool) -> None:
         mode = thp_mode()
         if want is False or want == "never":
@@ -104,7 +120,7 @@ class Arena:
             if want is True:
                 raise OSError(errno.ENOTSUP, f"huge pages asked for but THP is {mode}")
             return
-        if self.size < (2 << 20):
+        if self.size < HUGE_PAGE:
             self.info.hugepage_reason = "pool smaller than one huge page"
             return
         if _libc.madvise(self.address, self.size, MADV_HUGEPAGE) != 0:
