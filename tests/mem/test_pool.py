@@ -158,3 +158,16 @@ def test_cuda_registration_on_gpu() -> None:
         pytest.skip(f"GPU present but {why}")
     with PinnedPool("64MiB", lock="try", report_to_daemon=False) as pool:
         assert pool.cuda_registered, pool.cuda_reason
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not os.path.exists("/dev/nvidia0"), reason="no NVIDIA GPU here")
+def test_h2d_copies_from_the_pool() -> None:
+    from ainative.mem.cuda import h2d_bandwidth
+
+    with PinnedPool("64MiB", lock="try", report_to_daemon=False) as pool, \
+            pool.alloc(32 << 20) as b:
+        gbs, via = h2d_bandwidth(b.array(np.float32), repeats=3)
+    if gbs is None:
+        pytest.skip(f"GPU present but nothing to copy with: {via}")
+    assert gbs > 0

@@ -45,7 +45,11 @@ class PinnedPool:
                  hugepages: str | bool = "auto", lock: str | bool = "required",
                  cuda_register: bool = True, name: str = "pool",
                  report_to_daemon: bool = True) -> None:
-        size = parse_size(capacity) if isinstance(capacity, str) else int(capacity)
+        try:
+            size = parse_size(capacity) if isinstance(capacity, str) else int(capacity)
+        except ValueError:
+            raise ValueError(f"capacity {capacity!r} is not a size like '256MiB' or "
+                             "a number of bytes") from None
         if size <= 0:
             raise ValueError("capacity must be positive")
         size = (size + PAGE - 1) // PAGE * PAGE
