@@ -305,3 +305,63 @@ def test_reports_reach_the_daemon_including_changes_inside_a_second(
         assert n <= 4  # throttled: not one per alloc/free
     finally:
         d.close()
+
+
+def _mapped(addr: int) -> bool:
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return True
+    return False
+
+
+def test_cuda_registration_is_undone_just_before_the_unmap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: a runtime that records the calls stands in for cudaHostRegister.
+    from ainative.mem import cuda
+
+    calls: list[tuple[str, int, bool]] = []
+
+    def reg(p: int, n: int) -> int:
+        calls.append(("register", p, _mapped(p)))
+        return 0
+
+    def unreg(p: int) -> int:
+        calls.append(("unregister", p, _mapped(p)))
+        return 0
+
+    rt = cuda.CudaRuntime("recorder", reg, unreg)
+    monkeypatch.setattr(cuda, "find_runtime", lambda: (rt, "registered through recorder"))
+    pool = PinnedPool("4MiB", lock="try", report_to_daemon=False)
+    assert pool.cuda_registered and calls == [("register", pool.address, True)]
+    with pool.alloc(4096) as b:
+        view = b.array(np.uint8)
+    pool.close()
+    assert len(calls) == 1  # the view may still be copied from: stays registered
+    addr = calls[0][1]
+    del view
+    assert calls[1] == ("unregister", addr, True) and not _mapped(addr)
+
+    def failing(p: int, n: int) -> int:
+        raise RuntimeError("cudaErrorHostMemoryAlreadyRegistered")
+
+    monkeypatch.setattr(cuda, "find_runtime",
+                        lambda: (cuda.CudaRuntime("bad", failing, unreg), "x"))
+    with PinnedPool("4MiB", lock="try", report_to_daemon=False) as p2:
+        assert not p2.cuda_registered
+        assert "AlreadyRegistered" in p2.stats()["cuda_detail"]
+
+
+def test_a_view_freed_by_the_garbage_collector_returns_its_range() -> None:
+    import gc
+
+    with PinnedPool("4MiB", lock="try", report_to_daemon=False) as pool:
+        with pool.alloc(50_000) as b:
+            holder: list[Any] = [b.array(np.uint8)]
+            holder.append(holder)  # a cycle: only the collector can free the view
+        del holder
+        assert pool.stats()["blocks_in_use"] == 1
+        gc.collect()
+        assert pool.stats()["blocks_in_use"] == 0
+        assert pool.stats()["largest_free_extent"] == 4 << 20

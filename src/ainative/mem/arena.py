@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PROT_READ, PROT_WRITE = 0x1, 0x2
@@ -73,6 +74,7 @@ class Arena:
                  numa_node: int | None = None) -> None:
         self.size = size
         self.address = 0  # what close() and __del__ see if mmap fails
+        self.before_unmap: Callable[[], object] | None = None
         self.address = self._map(size, hugepages not in (False, "never"))
         self.info = ArenaInfo(False, "not requested", False, "not requested", None,
                               "not requested")
@@ -162,6 +164,9 @@ class Arena:
 
     def close(self) -> None:
         if self.address:
+            if self.before_unmap is not None:
+                self.before_unmap()
+                self.before_unmap = None
             if self.info.locked:
                 _libc.munlock(self.address, self.size)
             _libc.munmap(self.address, self.size)

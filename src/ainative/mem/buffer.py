@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -130,15 +129,15 @@ class PinnedBuffer:
         if not alive:
             pool._release(self)
             return
-        pending = [len(alive)]
-        lock = threading.Lock()
+        tokens = [None] * len(alive)
 
         def one_gone() -> None:
-            with lock:
-                pending[0] -= 1
-                last = pending[0] == 0
-            if last:
-                pool._release(self)
+            # May run inside the garbage collector, in any thread: take no lock here,
+            # only hand the buffer to the pool, which releases it on its next call.
+            # (list.pop is atomic; a second hand-over of the same buffer is ignored.)
+            tokens.pop()
+            if not tokens:
+                pool._release_later(self)
 
         for anchor in alive:
             weakref.finalize(anchor, one_gone)

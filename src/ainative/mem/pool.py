@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from ainative.core.classes import parse_size
@@ -87,21 +88,28 @@ class PinnedPool:
         self.capacity = size
         self.cuda_registered = False
         self.cuda_reason = "not requested"
-        self._cuda: cuda.CudaRuntime | None = None
         if cuda_register:
             rt, why = cuda.find_runtime()
             if rt is not None:
-                code = rt.register(self.address, size)
-                if code == 0:
-                    self._cuda, self.cuda_registered = rt, True
-                    why = f"registered through {rt.name}"
+                try:
+                    code = rt.register(self.address, size)
+                except Exception as e:  # cupy raises where the others return a code
+                    code, why = -1, f"cudaHostRegister failed: {e}"
                 else:
                     why = f"cudaHostRegister failed with error {code}"
+                if code == 0:
+                    self.cuda_registered = True
+                    why = f"registered through {rt.name}"
+                    # Unregistered right before the unmap, which may come after close()
+                    # when views outlive the pool.
+                    addr, unreg = self.address, rt.unregister
+                    self._arena.before_unmap = lambda: unreg(addr)
             self.cuda_reason = why
         self._closed = False
         self._unmap_deferred = False
         self._state_lock = threading.Lock()
         self._buffers: dict[int, PinnedBuffer] = {}  # live ones, so close() can retire them
+        self._later: deque[PinnedBuffer] = deque()  # left `with` blocks, views now gone
         self._report = report_to_daemon
         self._last_report = 0.0
         self._report_timer: threading.Timer | None = None
@@ -113,6 +121,7 @@ class PinnedPool:
     def alloc(self, nbytes: int) -> PinnedBuffer:
         if self._closed:
             raise ValueError(f"pool {self.name!r} is closed")
+        self._drain()
         try:
             a = self._alloc.alloc(int(nbytes))
         except OutOfSpace:
@@ -131,7 +140,24 @@ class PinnedPool:
         self._maybe_report()
         return buf
 
+    def _release_later(self, buf: PinnedBuffer) -> None:
+        # Called from weakref finalizers, possibly inside the garbage collector while this
+        # thread holds one of the locks below: so only a deque append, no lock.
+        self._later.append(buf)
+
+    def _drain(self) -> None:
+        while self._later:
+            try:
+                buf = self._later.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self._give_back(buf)
+
     def _release(self, buf: PinnedBuffer) -> None:
+        self._drain()
+        self._give_back(buf)
+
+    def _give_back(self, buf: PinnedBuffer) -> None:
         with self._state_lock:
             # After close() every buffer is retired already; a late release (the last view
             # of a buffer left by a `with` block dying) has nothing left to give back.
@@ -153,6 +179,7 @@ class PinnedPool:
         return self._arena.info.locked
 
     def stats(self) -> dict[str, Any]:
+        self._drain()
         s: dict[str, Any] = dict(self._alloc.snapshot())
         info = self._arena.info
         s.update({
@@ -212,8 +239,6 @@ class PinnedPool:
         for buf in retired:
             buf._detach("was retired when its pool was closed")
             self._alloc.free(buf.offset)
-        if self._cuda is not None:
-            self._cuda.unregister(self.address)
         # Blocks handed to views hold the arena; with none left, this is the last
         # reference and the arena is unmapped (and unlocked) right here.
         self._unmap_deferred = sys.getrefcount(self._arena) > 2
