@@ -408,3 +408,38 @@ def test_status_without_a_daemon_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot reach the ainative daemon" in r.stderr
     assert "Traceback" not in r.stderr
     assert Client(str(tmp_path / "x.sock")).path.endswith("x.sock")
+
+
+POOL_CHILD = """
+import sys
+from ainative.mem import PinnedPool
+pool = PinnedPool("8MiB", lock="try", name="kv-cache")
+bufs = [pool.alloc(300_000) for _ in range(3)]
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_status_shows_the_pinned_pools_processes_report(
+        children: Children, start_daemon: Callable[..., DaemonProc]) -> None:
+    d = start_daemon()
+    child = children.python(POOL_CHILD, env={"AINATIVE_SOCKET": d.sock})  # waits for ready
+    deadline = time.monotonic() + 10
+    pools: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not pools:
+        pools = [p for p in d.client.status()["pools"] if p["pid"] == child.pid]
+        time.sleep(0.1)
+    assert pools, "the pool never reached the daemon"
+    p = pools[0]
+    assert p["name"] == "kv-cache" and p["total"] == 8 << 20
+    # Reports are at most once a second; the first may predate the allocations.
+    st = subprocess.run([sys.executable, "-m", "ainative", "status", "--socket", d.sock],
+                        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert "pinned pools" in st.stdout and "kv-cache" in st.stdout
+    child.kill()
+    child.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            q["pid"] == child.pid for q in d.client.status()["pools"]):
+        time.sleep(0.1)
+    assert not any(q["pid"] == child.pid for q in d.client.status()["pools"])
