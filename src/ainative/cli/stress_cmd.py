@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 from typing import Any
 
 import click
@@ -13,9 +15,9 @@ import click
 from ainative.stress import models
 from ainative.stress.compare import DESCRIPTIONS, SCENARIOS, run_compare
 from ainative.stress.contention import ContentionError, Hogs, parse_scenario
-from ainative.stress.progress import make_progress
-from ainative.stress.report import HEADER, table_rows, write_report
-from ainative.stress.runner import WorkloadConfig, run_workload
+from ainative.stress.progress import PlainProgress, make_progress
+from ainative.stress.report import HEADER, errors, table_rows, write_report
+from ainative.stress.runner import WorkloadConfig, choose_workers, run_workload
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -30,17 +32,53 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def _service_time(session: Any, feeds: dict[str, Any], budget_s: float = 0.3) -> float:
+    """Seconds per inference, after a few runs to warm up."""
+    for _ in range(3):
+        session.run(None, feeds)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < budget_s or n < 3:
+        session.run(None, feeds)
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def _warmup(text: str | None, compare: bool) -> float:
+    if text is None:
+        return 0.5 if compare else 1.0
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+
+
+def _pool_size(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from ainative.core.classes import parse_size
+
+    try:
+        if parse_size(text) <= 0:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use a size such as 64M or 1G",
+                                 param_hint="--pool") from None
+    return text
+
+
 def _print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="latency from scheduled time (open loop)")
     for h in HEADER:
         t.add_column(h, justify="left" if h == "scenario" else "right")
-    t.add_column("what")
-    for name, row in zip(report["scenarios"], table_rows(report), strict=True):
-        t.add_row(*row, DESCRIPTIONS.get(name, ""))
-    Console(width=max(120, Console().width)).print(t)
+    for row in table_rows(report):
+        t.add_row(*row)
+    console = Console(width=max(120, Console().width))
+    console.print(t)
+    for name in report["scenarios"]:
+        console.print(f"  {name:10s} {DESCRIPTIONS.get(name, '')}", highlight=False)
+    for e in errors(report):
+        console.print(Text("error ", style="red") + Text(e))
     v = report.get("verdict") or {}
     if v:
         click.echo("verdict: " + ", ".join(f"{k}={val}" for k, val in v.items()))
@@ -62,7 +100,21 @@ def _summary(r: dict[str, Any]) -> str:
         f"memory        peak RSS {res['peak_rss_mib']} MiB  slope "
         f"{'n/a (run too short)' if slope is None else f'{slope:+.2f} MiB/h'}",
         f"gpu           {'yes' if r['gpu'].get('available') else r['gpu'].get('reason')}",
+        *_extra_lines(r),
     ])
+
+
+def _extra_lines(r: dict[str, Any]) -> list[str]:
+    out = []
+    if "contention_cpu_s" in r:
+        out.append(f"contention    {r['contention_tool']}, hogs used {r['contention_cpu_s']:.1f} "
+                   "CPU-seconds during the run")
+    p = r.get("pool")
+    if p:
+        out.append(f"pool          {p.get('total', 0) >> 20} MiB, {p.get('lock')}, "
+                   f"peak {p.get('peak')} B in use, {p.get('alloc_count')} allocations, "
+                   f"{p.get('failures')} failures")
+    return out
 
 
 @click.command()
@@ -74,7 +126,8 @@ def _summary(r: dict[str, Any]) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--rate", default=1000.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Requests per second (open loop).")
-@click.option("--duration", default="30s", show_default=True, help="30s, 10m, 24h ...")
+@click.option("--duration", default="30s", show_default=True,
+              help="30s, 10m, 24h ... (with --compare: per scenario).")
 @click.option("--workers", default=0, type=click.IntRange(0, 64),
               help="Concurrent workers (0: as many as the rate needs).")
 @click.option("--contention", "contention", multiple=True, metavar="KIND:N",
@@ -86,50 +139,54 @@ def _summary(r: dict[str, Any]) -> str:
               help="Write report.json, report.md and latency.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--progress-interval", default=5.0, show_default=True,
+              type=click.FloatRange(min=0.1),
               help="Seconds between plain progress lines (when not on a terminal).")
-@click.option("--warmup", default="1s", show_default=True)
+@click.option("--warmup", default=None, metavar="DURATION",
+              help="Inference before measuring starts [default: 1s; 0.5s per scenario with "
+                   "--compare, to keep the whole comparison short].")
 @click.option("--max-queue", default="1s", show_default=True,
               help="Requests that would start later than this are dropped (and counted).")
+@click.option("--pool", "pool", default=None, metavar="SIZE",
+              help="Stage every request's inputs in a pinned ainative pool of SIZE "
+                   "(e.g. 64M) and report its stats.")
 def stress(model: str, batch: int, threads: int, device: str, rate: float, duration: str,
            workers: int, contention: tuple[str, ...], compare: bool, scenarios: str,
-           report_dir: str | None, as_json: bool, progress_interval: float, warmup: str,
-           max_queue: str) -> None:
+           report_dir: str | None, as_json: bool, progress_interval: float,
+           warmup: str | None,
+           max_queue: str, pool: str | None) -> None:
     """Real ONNX Runtime inference at a fixed rate, measured from each request's scheduled
     time. Ctrl-C ends early and still prints the summary."""
     dur = parse_duration(duration)
+    chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
+    bad = [s for s in chosen if s not in SCENARIOS]
+    if compare and (bad or not chosen):
+        raise click.BadParameter(f"unknown scenario(s) {bad}; choose from "
+                                 f"{', '.join(SCENARIOS)}", param_hint="--scenarios")
+    warmup_s, max_queue_s = _warmup(warmup, compare), parse_duration(max_queue)
+    pool_size = _pool_size(pool)
+    tmp = tempfile.mkdtemp(prefix="ainative-stress-")
+    keep_tmp = False
     try:
         conts = [parse_scenario(c) for c in contention]
         if compare and not conts:
             conts = [parse_scenario("cpu:4")]
-        tmp = tempfile.mkdtemp(prefix="ainative-stress-")
         path = models.materialise(model, tmp)
         name = model if model in models.BUILTIN else os.path.basename(model)
         wcfg = WorkloadConfig(model_path=path, model_name=name, rate=rate, duration=dur,
                               batch=batch, threads=threads, device=device, workers=workers,
-                              warmup_s=parse_duration(warmup), max_queue_s=parse_duration(
-                                  max_queue))
+                              warmup_s=warmup_s, max_queue_s=max_queue_s, pool=pool_size)
         if compare:
-            chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
-            bad = [s for s in chosen if s not in SCENARIOS]
-            if bad:
-                raise click.BadParameter(f"unknown scenario(s) {bad}; choose from "
-                                         f"{', '.join(SCENARIOS)}")
-            # Fail here, not in every scenario, on a model that cannot be fed.
-            models.synthesise_inputs(models.open_session(path, threads, device), batch, name)
-
-            def done(n: str, r: dict[str, Any]) -> None:
-                if not as_json:
-                    p99 = r["latency"]["p99_ms"] if "error" not in r else None
-                    click.echo(f"  {n:10s} " + (f"p99 {p99:.2f} ms" if p99 is not None
-                                                else r["error"]), err=True)
-
-            if not as_json:
-                click.echo(f"comparing {len(chosen)} scenarios, {dur:.0f} s each ...", err=True)
-            report = run_compare(wcfg, conts, tmp, chosen, on_result=done)
+            report = _compare(wcfg, conts, chosen, tmp, as_json)
+            keep_tmp = bool(errors(report))
         else:
             report = _single(wcfg, conts, dur, progress_interval, as_json)
     except (models.ModelError, ContentionError) as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        if keep_tmp:
+            click.echo(f"logs of the scenarios kept in {tmp}", err=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     if report_dir:
         paths = write_report(report, report_dir)
         if not as_json:
@@ -145,20 +202,56 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
         click.echo(_summary(report["scenarios"]["run"]))
 
 
+def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], workdir: str,
+             quiet: bool) -> dict[str, Any]:
+    # Fail here, not in every scenario, on a model that cannot be fed; and fix the worker
+    # count from an uncontended measurement, so every scenario runs the same load the
+    # same way.
+    session = models.open_session(wcfg.model_path, wcfg.threads, wcfg.device)
+    feeds = models.synthesise_inputs(session, wcfg.batch, wcfg.model_name)
+    if not wcfg.workers:
+        wcfg.workers = choose_workers(_service_time(session, feeds), wcfg.rate, wcfg.threads)
+    del session, feeds
+
+    def done(n: str, r: dict[str, Any]) -> None:
+        if not quiet:
+            p99 = r["latency"]["p99_ms"] if "error" not in r else None
+            click.echo(f"  {n:10s} " + (f"p99 {p99:.2f} ms" if p99 is not None
+                                        else "error: " + r["error"]), err=True)
+
+    if not quiet:
+        click.echo(f"comparing {len(chosen)} scenarios, {wcfg.duration:g} s each "
+                   f"(contention {', '.join(c.label for c in conts)}) ...", err=True)
+    return run_compare(wcfg, conts, workdir, chosen, on_result=done)
+
+
 def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,
             quiet: bool) -> dict[str, Any]:
     from ainative.stress.compare import machine_info
 
     hogs = Hogs(conts) if conts else None
+    hog_cpu0 = [0.0]
+
+    def started() -> None:
+        if hogs is not None:
+            hog_cpu0[0] = hogs.cpu_seconds()
+
     try:
         if hogs is not None:
             hogs.start()
         prog = make_progress(dur, interval, "none" if quiet else "auto")
         if prog is None:
-            r = run_workload(wcfg, tick_s=1.0)
+            r = run_workload(wcfg, tick_s=1.0, before_start=started)
         else:
+            # A live bar refreshes each second; plain lines come once per interval, and
+            # their figures cover that whole interval.
+            tick = 1.0 if not isinstance(prog, PlainProgress) else interval
             with prog:
-                r = run_workload(wcfg, on_tick=prog, tick_s=1.0)
+                r = run_workload(wcfg, on_tick=prog, tick_s=tick, before_start=started)
+        if hogs is not None:
+            r["contention_tool"] = hogs.tool
+            r["contention_check"] = hogs.verified
+            r["contention_cpu_s"] = round(hogs.cpu_seconds() - hog_cpu0[0], 2)
     finally:
         if hogs is not None:
             hogs.stop()

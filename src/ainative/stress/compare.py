@@ -2,8 +2,9 @@
 remedy: ainative (its daemon scoped to this run, no manual help), ``nice -n -10``,
 ``chrt -f 10``, and the hogs demoted into a cgroup with the smallest CPU share.
 
-Each scenario runs the workload in a fresh child process, so each remedy acts on that
-child alone and one scenario cannot leak into the next.
+Each scenario has a leader process of its own (see leader.py) that starts the hogs and
+the workload as its children: a remedy acts on that workload alone, the daemon is scoped
+to the leader, and one scenario cannot leak into the next.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from ainative.stress.contention import Hogs, Scenario
+from ainative.stress.contention import Scenario
+from ainative.stress.leader import ScenarioError, wait_line
 from ainative.stress.runner import WorkloadConfig
 
 SCENARIOS = ("alone", "contended", "ainative", "nice", "chrt", "cgroup")
@@ -34,86 +37,116 @@ DESCRIPTIONS = {
 }
 
 
-class ScenarioError(Exception):
-    pass
+class Interrupted(Exception):
+    """Ctrl-C during a scenario; carries what that scenario measured up to then."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
-def _wait_line(proc: subprocess.Popen[str], want: str, timeout: float) -> None:
-    import selectors
+def _send(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass
 
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not sel.select(timeout=0.2):
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.strip() == want:
-            return
-    raise ScenarioError(f"workload did not get ready (exit code {proc.poll()})")
+
+def _close_stdin(proc: subprocess.Popen[str]) -> None:
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except BrokenPipeError:
+        pass
 
 
 class DaemonRun:
-    """ainative's daemon as a child, scoped to this process and its descendants."""
+    """ainative's daemon as a child, scoped to one scenario's leader and its descendants,
+    with rules from nowhere but its built-in set and state in a directory of its own."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, scope_pid: int) -> None:
         self.workdir = workdir
-        self.sock = os.path.join(workdir, "ainative.sock")
+        sockdir = workdir
+        if len(os.path.join(workdir, "s.sock")) > 100:  # sun_path holds 108 bytes
+            sockdir = tempfile.mkdtemp(prefix="ainative-", dir="/tmp")
+        self.sock = os.path.join(sockdir, "s.sock")
         self.log_path = os.path.join(workdir, "daemon.log")
-        self.cgroup_root = f"ainative-stress-{os.getpid()}"
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ainative", "daemon", "--scope-descendants",
-                 str(os.getpid()), "--state-dir", os.path.join(workdir, "state"),
-                 "--socket", self.sock, "--rules-dir", "", "--cgroup-root", self.cgroup_root,
-                 "--reconcile-interval", "0.5"],
+                 str(scope_pid), "--state-dir", os.path.join(workdir, "state"),
+                 "--socket", self.sock, "--rules-dir", "", "--log-format", "json",
+                 # its own cgroup subtree: a system-wide ainative may be running too
+                 "--cgroup-root", f"ainative-stress-{os.getpid()}"],
                 stdout=log, stderr=subprocess.STDOUT)
-        from ainative.daemon.client import Client, DaemonError
+        from ainative.daemon.client import Client
 
         self.client = Client(self.sock, timeout=5)
+
+    def wait_ready(self) -> None:
+        """Until it answers; it finds the scope's processes started before that itself."""
+        from ainative.daemon.client import DaemonError
+
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ScenarioError(f"ainative daemon exited at start; see {self.log_path}")
+                raise ScenarioError(f"ainative daemon exited at start (code "
+                                    f"{self.proc.returncode}): {_last_line(self.log_path)}")
             try:
                 self.client.request("ping")
                 return
             except DaemonError:
                 time.sleep(0.05)
-        raise ScenarioError("ainative daemon did not answer within 20 s")
+        raise ScenarioError(f"ainative daemon did not answer within 20 s; see {self.log_path}")
 
     def tasks(self) -> dict[int, dict[str, Any]]:
         return {t["pid"]: t for t in self.client.status().get("tasks", [])}
 
-    def wait_managed(self, workload: int, hogs: list[int], timeout: float = 15.0
+    @staticmethod
+    def _in_force(t: dict[str, Any] | None, cls: str) -> bool:
+        return bool(t and t.get("class") == cls and t.get("active", True) and t.get("applied"))
+
+    def wait_managed(self, workload: int, hogs: list[int], timeout: float = 5.0
                      ) -> dict[str, Any]:
-        """Until the workload is inference and every hog background, with knobs applied."""
+        """Until the workload is managed as inference and every hog as background (what
+        `ainative status --json` shows); the measurement is worthless without the first."""
+        from ainative.daemon.client import DaemonError
+
         deadline = time.monotonic() + timeout
         tasks: dict[int, dict[str, Any]] = {}
-        while time.monotonic() < deadline:
-            tasks = self.tasks()
-            w = tasks.get(workload)
-            ok_w = bool(w and w["class"] == "inference" and w.get("applied"))
-            ok_h = all(h in tasks and tasks[h]["class"] == "background"
-                       and tasks[h].get("applied") for h in hogs)
-            if ok_w and ok_h:
+        t_start = time.monotonic()
+        while True:
+            try:
+                tasks = self.tasks()
+            except DaemonError as e:
+                if self.proc.poll() is not None:
+                    raise ScenarioError(f"ainative daemon died (code {self.proc.returncode}): "
+                                        f"{_last_line(self.log_path)}") from e
+            ok_w = self._in_force(tasks.get(workload), "inference")
+            ok_h = all(self._in_force(tasks.get(h), "background") for h in hogs)
+            if (ok_w and ok_h) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         w = tasks.get(workload)
+        if not ok_w:
+            seen = (f"it has it as class {w.get('class')!r}, active={w.get('active')}, "
+                    f"applied={w.get('applied')}" if w else "it does not manage it")
+            raise ScenarioError(f"ainative did not manage the workload (pid {workload}) as "
+                                f"inference within {timeout:.0f} s: {seen}; see "
+                                f"{self.log_path}")
+        assert w is not None
         return {
             "workload": {"class": w["class"], "applied": w.get("applied"),
-                         "signals": w.get("signals")} if w else None,
-            "hogs_demoted": sum(1 for h in hogs if h in tasks
-                                and tasks[h]["class"] == "background"),
+                         "signals": w.get("signals")},
+            "hogs_demoted": sum(1 for h in hogs if self._in_force(tasks.get(h), "background")),
             "hogs": len(hogs),
+            "wait_s": round(time.monotonic() - t_start, 2),
         }
 
     def stop(self) -> None:
+        """SIGTERM: the daemon undoes everything it changed and exits."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -121,111 +154,110 @@ class DaemonRun:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if os.path.dirname(self.sock) != self.workdir:
+            shutil.rmtree(os.path.dirname(self.sock), ignore_errors=True)
 
 
-class HogCgroup:
-    """What an admin would do by hand: put the hogs in a group with the least CPU share."""
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-400:] if lines else ""
 
-    def __init__(self, pids: list[int]) -> None:
-        from ainative.platform.linux.cgroups import discover
 
-        cpu = next((h for h in discover() if "cpu" in h.controllers), None)
-        if cpu is None:
-            raise ScenarioError("no cgroup hierarchy with the cpu controller")
-        self.dir = os.path.join(cpu.mount, f"ainative-stress-hogs-{os.getpid()}")
-        self.root = cpu.mount
-        os.makedirs(self.dir, exist_ok=True)
-        knob, value = ("cpu.weight", "1") if cpu.is_v2 else ("cpu.shares", "2")
-        self._write(os.path.join(self.dir, knob), value)
-        for pid in pids:
-            try:
-                self._write(os.path.join(self.dir, "cgroup.procs"), str(pid))
-            except ProcessLookupError:
-                continue
-
-    @staticmethod
-    def _write(path: str, value: str) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-
-    def remove(self) -> None:
-        try:
-            with open(os.path.join(self.dir, "cgroup.procs")) as fh:
-                left = fh.read().split()
-            for pid in left:
-                try:
-                    self._write(os.path.join(self.root, "cgroup.procs"), pid)
-                except OSError:
-                    pass
-            os.rmdir(self.dir)
-        except OSError:
-            pass
+def _stop_leader(leader: subprocess.Popen[str]) -> None:
+    _close_stdin(leader)  # a leader still waiting for 'start' or 'go' gives up cleanly
+    try:
+        leader.wait(timeout=10)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    leader.terminate()  # it stops its hogs and workload on the way out
+    try:
+        leader.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
 
 
 def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], workdir: str,
                  use_stress_ng: bool | None = None) -> dict[str, Any]:
+    """One scenario in a leader process of its own; the result JSON, or ScenarioError.
+    Ctrl-C ends the scenario early and raises Interrupted with what it measured."""
+    if name not in SCENARIOS:
+        raise ScenarioError(f"unknown scenario {name!r}")
+    if name == "cgroup" and not contention:
+        raise ScenarioError("the cgroup scenario needs contention")
     os.makedirs(workdir, exist_ok=True)
     result_path = os.path.join(workdir, "result.json")
-    hogs = Hogs(contention, use_stress_ng) if name != "alone" and contention else None
+    spec = {"scenario": name, "workload": asdict(wcfg),
+            "contention": [] if name == "alone" else [c.label for c in contention],
+            "use_stress_ng": use_stress_ng, "hog_cgroup": name == "cgroup",
+            "cgroup_name": f"ainative-stress-hogs-{os.getpid()}"}
+    t0 = time.monotonic()
     daemon: DaemonRun | None = None
-    cg: HogCgroup | None = None
-    child: subprocess.Popen[str] | None = None
     extra: dict[str, Any] = {}
+    interrupted = False
+    with open(os.path.join(workdir, "leader.err"), "w") as err:
+        # Its own process group: Ctrl-C on the terminal reaches it only through us, once.
+        leader = subprocess.Popen(
+            [sys.executable, "-m", "ainative.stress.leader", "--spec", json.dumps(spec),
+             "--result", result_path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            process_group=0)
     try:
-        if name == "ainative":
-            daemon = DaemonRun(workdir)  # first, so it sees the hogs and workload start
-        if hogs is not None:
-            hogs.start()
-            extra["contention_tool"] = hogs.tool
-        if name == "cgroup":
-            if hogs is None:
-                raise ScenarioError("the cgroup scenario needs contention")
-            cg = HogCgroup(hogs.pids())
-        prefix = {"nice": ["nice", "-n", "-10"], "chrt": ["chrt", "-f", "10"]}.get(name, [])
-        for tool in prefix[:1]:
-            if shutil.which(tool) is None:
-                raise ScenarioError(f"{tool} is not installed")
-        child = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "ainative.stress.runner",
-             "--config", json.dumps(asdict(wcfg)), "--result", result_path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_line(child, "ready", 120)
-        if daemon is not None:
-            extra["ainative"] = daemon.wait_managed(child.pid, hogs.pids() if hogs else [])
-        hog_cpu0 = hogs.cpu_seconds() if hogs else 0.0
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
         try:
-            child.wait(timeout=wcfg.duration + 120)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            raise ScenarioError("workload did not finish in time") from None
-        if hogs is not None:
-            extra["contention_cpu_s"] = round(hogs.cpu_seconds() - hog_cpu0, 2)
-        if not os.path.exists(result_path):
-            err = child.stderr.read() if child.stderr else ""
-            raise ScenarioError(f"workload wrote no result (exit {child.returncode}): "
-                                f"{err.strip().splitlines()[-1] if err.strip() else ''}")
-        with open(result_path) as fh:
-            res: dict[str, Any] = json.load(fh)
-        if "error" in res:
-            raise ScenarioError(res["error"])
-        res.update(extra)
-        return res
+            if name == "ainative":
+                # Before anything is spawned, so it sees the hogs and the workload start.
+                daemon = DaemonRun(workdir, leader.pid)
+            _send(leader, "start")
+            if daemon is not None:
+                daemon.wait_ready()  # while the leader starts the hogs and the workload
+            info = json.loads(wait_line(leader, "ready ", 180) or "{}")
+            if daemon is not None:
+                extra["ainative"] = daemon.wait_managed(info["workload"], info["hogs"])
+            _send(leader, "go")
+            try:
+                leader.wait(timeout=wcfg.duration + 60)
+            except subprocess.TimeoutExpired:
+                raise ScenarioError("the scenario did not finish in time") from None
+        except KeyboardInterrupt:
+            interrupted = True
+            if leader.poll() is None:
+                leader.send_signal(signal.SIGINT)  # passed on to the workload
+            _close_stdin(leader)
+            try:
+                leader.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        except ScenarioError as e:
+            _stop_leader(leader)
+            if not os.path.exists(result_path):
+                raise
+            with open(result_path) as fh:
+                why = json.load(fh).get("error")
+            # The leader's own reason (a workload that failed to load) says more.
+            raise ScenarioError(why or str(e)) from None
     finally:
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait()
-        if cg is not None:
-            cg.remove()
-        if hogs is not None:
-            hogs.stop()
+        _stop_leader(leader)
         if daemon is not None:
             daemon.stop()
+    res: dict[str, Any]
+    if os.path.exists(result_path):
+        with open(result_path) as fh:
+            res = json.load(fh)
+    else:
+        res = {"error": f"the scenario wrote no result (leader exit code {leader.returncode}"
+                        f"): {_last_line(os.path.join(workdir, 'leader.err'))}"}
+    res.update(extra)
+    res["scenario_wall_s"] = round(time.monotonic() - t0, 1)
+    if interrupted:
+        raise Interrupted(res)
+    if "error" in res:
+        raise ScenarioError(res["error"])
+    return res
 
 
 def machine_info() -> dict[str, Any]:
@@ -259,13 +291,19 @@ def run_compare(wcfg: WorkloadConfig, contention: list[Scenario], workdir: str,
         try:
             results[name] = run_scenario(name, wcfg, contention, os.path.join(workdir, name),
                                          use_stress_ng)
+        except Interrupted as e:
+            results[name] = e.result
+            interrupted = True
         except KeyboardInterrupt:
             interrupted = True
-            break
-        except Exception as e:
+        except ScenarioError as e:
+            results[name] = {"error": str(e)}
+        except Exception as e:  # one broken scenario must not take the others with it
             results[name] = {"error": f"{type(e).__name__}: {e}"}
-        if on_result is not None:
+        if on_result is not None and name in results:
             on_result(name, results[name])
+        if interrupted:
+            break
     return {
         "config": asdict(wcfg),
         "contention": [s.label for s in contention],

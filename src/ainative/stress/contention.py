@@ -1,8 +1,13 @@
 """Contention to run the workload against: CPU hogs, memory pressure, disk I/O.
 
 stress-ng is used when installed; otherwise small internal hogs named ``ainative-hog``
-stand in (Python processes, so CPU and memory only). Whatever is started is checked to
-really run before a contended figure is trusted, and always stopped.
+stand in (Python processes). Whatever is started is checked to really run before a
+contended figure is trusted, and always stopped.
+
+The hogs get their own process group (so one signal stops all of them, and a Ctrl-C on
+the terminal does not reach them) but stay in the caller's session: a new session would
+put them in their own scheduler autogroup, where four hogs together weigh no more than
+the workload alone, and the "contended" case would quietly not be.
 """
 
 from __future__ import annotations
@@ -64,6 +69,25 @@ _INTERNAL_CPU = ("import ctypes\nctypes.CDLL(None).prctl(15, b'ainative-hog', 0,
 _INTERNAL_MEM = ("import ctypes, sys\nctypes.CDLL(None).prctl(15, b'ainative-hog', 0, 0, 0)\n"
                  "n = int(sys.argv[1]); b = bytearray(n)\n"
                  "while True:\n    for i in range(0, n, 4096): b[i] = (b[i] + 1) & 255\n")
+# Writes and syncs 64 MiB over and over: the page cache and the disk stay busy.
+_INTERNAL_IO = ("import ctypes, os, sys\nctypes.CDLL(None).prctl(15, b'ainative-hog', 0, 0, 0)\n"
+                "buf = os.urandom(1 << 20)\n"
+                "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+                "while True:\n    os.lseek(fd, 0, 0)\n"
+                "    for _ in range(64): os.write(fd, buf)\n    os.fsync(fd)\n")
+
+
+def _die_with_parent() -> None:
+    # A hog must not outlive a stress run that was killed outright (stress-ng passes the
+    # same on to its workers).
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+# stress-ng stops by itself after a day unless told otherwise; a 24 h run plus its
+# warm-up would outlive that.
+_FOREVER = ("--timeout", "0")
 
 
 class Hogs:
@@ -77,32 +101,42 @@ class Hogs:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.tmpdir: str | None = None
         self.tool = "stress-ng" if self.stress_ng else "internal"
+        self.verified: dict[str, float] = {}
 
     def _spawn(self, argv: list[str]) -> None:
         self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL, start_new_session=True))
+                                           stderr=subprocess.DEVNULL, process_group=0,
+                                           preexec_fn=_die_with_parent))
 
     def start(self) -> None:
+        """Start and verify (about a second)."""
+        self.spawn()
+        self.verify()
+
+    def spawn(self) -> None:
+        """Start without waiting; call verify() before trusting a contended figure."""
         for s in self.scenarios:
             if self.stress_ng:
                 if s.kind == "cpu":
                     self._spawn([self.stress_ng, "--cpu", str(s.amount), "--cpu-method",
-                                 "int64"])
+                                 "int64", *_FOREVER])
                 elif s.kind == "mem":
                     self._spawn([self.stress_ng, "--vm", "1", "--vm-bytes", str(s.amount),
-                                 "--vm-keep"])
+                                 "--vm-keep", *_FOREVER])
                 else:
                     self.tmpdir = self.tmpdir or tempfile.mkdtemp(prefix="ainative-io-")
                     self._spawn([self.stress_ng, "--hdd", str(s.amount), "--hdd-bytes", "64M",
-                                 "--temp-path", self.tmpdir])
+                                 "--temp-path", self.tmpdir, *_FOREVER])
             elif s.kind == "cpu":
                 for _ in range(s.amount):
                     self._spawn([sys.executable, "-c", _INTERNAL_CPU])
             elif s.kind == "mem":
                 self._spawn([sys.executable, "-c", _INTERNAL_MEM, str(s.amount)])
             else:
-                raise ContentionError("io contention needs stress-ng (apt-get install stress-ng)")
-        self.verify()
+                self.tmpdir = self.tmpdir or tempfile.mkdtemp(prefix="ainative-io-")
+                for k in range(s.amount):
+                    self._spawn([sys.executable, "-c", _INTERNAL_IO,
+                                 os.path.join(self.tmpdir, f"hog-{k}")])
 
     def pids(self) -> list[int]:
         """Every hog process, stress-ng's workers included."""
@@ -126,18 +160,49 @@ class Hogs:
                 continue
         return total
 
-    def verify(self, wait_s: float = 0.6) -> None:
-        """The hogs exist and burn CPU; a hog that exited at once (a bad argument) fails."""
-        time.sleep(wait_s)
-        dead = [p.args for p in self.procs if p.poll() is not None]
-        if dead:
-            self.stop()
-            raise ContentionError(f"contention did not start (exited at once): {dead}")
+    def expected_processes(self) -> int:
+        """How many hog processes must exist: stress-ng's parent plus one worker per
+        stressor (at least), or one internal hog per unit."""
+        n = 0
+        for s in self.scenarios:
+            units = 1 if s.kind == "mem" else s.amount
+            n += units + (1 if self.stress_ng else 0)
+        return n
+
+    def verify(self, window_s: float = 0.5, start_timeout_s: float = 5.0) -> dict[str, float]:
+        """Every hog process exists and the hogs burn CPU; a hog that exited at once (a bad
+        argument) or never got going fails, and everything is stopped."""
+        want = self.expected_processes()
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            dead = [p.args for p in self.procs if p.poll() is not None]
+            if dead:
+                self.stop()
+                raise ContentionError(f"contention did not start (exited at once): {dead}")
+            have = len(self.pids())
+            if have >= want:
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ContentionError(f"contention did not start: {have} of {want} hog "
+                                      f"processes after {start_timeout_s:.0f} s")
+            time.sleep(0.05)
         before = self.cpu_seconds()
-        time.sleep(0.4)
-        if self.cpu_seconds() - before < 0.05:
+        time.sleep(window_s)
+        used = self.cpu_seconds() - before
+        # CPU hogs must get a real share of the CPUs (even demoted ones get the idle
+        # time); memory and I/O hogs only need to be doing something.
+        cpu_hogs = sum(s.amount for s in self.scenarios if s.kind == "cpu")
+        cpus = len(os.sched_getaffinity(0))
+        need = 0.2 * window_s * min(cpu_hogs, cpus) if cpu_hogs else 0.01
+        if used < need:
             self.stop()
-            raise ContentionError("contention started but uses no CPU; results would lie")
+            raise ContentionError(f"contention started but its hogs used {used:.2f} s of CPU "
+                                  f"in {window_s:.1f} s (expected at least {need:.2f}); "
+                                  "results would lie")
+        self.verified = {"processes": float(have), "cpu_s": round(used, 3),
+                         "window_s": window_s}
+        return self.verified
 
     def stop(self) -> None:
         for p in self.procs:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from ainative.stress.metrics import new_histogram, summarise
+from ainative.stress.metrics import new_histogram, summarise, thread_run_queue_wait_ns
 
 # Interval figures come from a fixed numpy buffer, not a second HdrHistogram: hdrh
 # computes percentiles in pure Python (tens of ms holding the GIL), which would stall the
@@ -71,6 +71,7 @@ class LoadResult:
     interrupted: bool
     histogram: HdrHistogram
     first_error: str | None = None
+    run_queue_wait_s: float = 0.0  # the load workers' own, summed
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class LoadResult:
             "scheduled": self.scheduled, "completed": self.completed, "late": self.late,
             "dropped": self.dropped, "errors": self.errors, "first_error": self.first_error,
             "elapsed_s": round(self.elapsed_s, 3), "interrupted": self.interrupted,
+            "workers_run_queue_wait_s": round(self.run_queue_wait_s, 4),
             "throughput_per_s": round(self.completed / self.elapsed_s, 1)
             if self.elapsed_s > 0 else 0.0,
             "latency": summarise(self.histogram),
@@ -97,11 +99,13 @@ class OpenLoop:
         self.hist = new_histogram()
         self._ibuf = np.empty(INTERVAL_CAPACITY, np.int64)
         self._in = 0
+        self._track = False  # interval figures only when someone reads them each tick
         # numpy loads percentile's machinery on first use (~20 ms with the GIL held):
         # pay that now rather than at the first tick of the run.
         _quick_summary(np.arange(1, 101, dtype=np.int64))
         summarise(new_histogram())
         self.completed = self.late = self.dropped = self.errors = 0
+        self.run_queue_wait_ns = 0
         self.first_error: str | None = None
         self.t0 = 0.0
 
@@ -112,6 +116,17 @@ class OpenLoop:
             return i
 
     def _worker(self, end: float) -> None:
+        # The kernel forgets an ended thread's run-queue wait, so each worker hands its own
+        # over on the way out.
+        wait0 = thread_run_queue_wait_ns()
+        try:
+            self._work(end)
+        finally:
+            waited = thread_run_queue_wait_ns() - wait0
+            with self._lock:
+                self.run_queue_wait_ns += waited
+
+    def _work(self, end: float) -> None:
         cfg = self.cfg
         while not self.stop.is_set():
             i = self._claim()
@@ -142,7 +157,7 @@ class OpenLoop:
                 if start - due > cfg.late_threshold_s:
                     self.late += 1
                 self.hist.record_value(us)
-                if self._in < INTERVAL_CAPACITY:
+                if self._track and self._in < INTERVAL_CAPACITY:
                     self._ibuf[self._in] = us
                     self._in += 1
 
@@ -150,6 +165,7 @@ class OpenLoop:
             tick_s: float = 1.0) -> LoadResult:
         """Run to the end (or until stop is set or Ctrl-C); on_tick is called from this
         thread every tick_s with the last interval's figures."""
+        self._track = on_tick is not None
         self.t0 = self.clock()
         end = self.t0 + self.cfg.duration
         threads = [threading.Thread(target=self._worker, args=(end,), daemon=True,
@@ -181,4 +197,5 @@ class OpenLoop:
         elapsed = min(self.clock(), end) - self.t0
         scheduled = min(self._next, int(self.cfg.duration * self.cfg.rate))
         return LoadResult(scheduled, self.completed, self.late, self.dropped, self.errors,
-                          elapsed, interrupted, self.hist, self.first_error)
+                          elapsed, interrupted, self.hist, self.first_error,
+                          self.run_queue_wait_ns / 1e9)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
 SIG_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+MIN_SLOPE_SPAN_S = 45.0  # after the first fifth of the run is skipped
 
 
 def new_histogram() -> HdrHistogram:
@@ -75,15 +76,17 @@ class BoundedSeries:
     def __len__(self) -> int:
         return len(self.t)
 
-    def slope_per_hour(self, skip_fraction: float = 0.2) -> float | None:
-        """Least-squares slope, per hour, ignoring the first part (warm-up growth)."""
+    def slope_per_hour(self, skip_fraction: float = 0.2, min_span_s: float = 0.0
+                       ) -> float | None:
+        """Least-squares slope, per hour, ignoring the first part (warm-up growth); None
+        when fewer than 5 samples or less than min_span_s remain."""
         n = len(self.t)
         start = int(n * skip_fraction)
         if n - start < 5:
             return None
         t = np.asarray(self.t[start:])
         v = np.asarray(self.v[start:])
-        if float(t[-1] - t[0]) <= 0:
+        if float(t[-1] - t[0]) <= max(0.0, min_span_s):
             return None
         return float(np.polyfit(t, v, 1)[0] * 3600.0)
 
@@ -93,35 +96,134 @@ def rss_bytes(pid: int | str = "self") -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_queue_wait_ns(pid: int | str = "self") -> int:
-    """Time this process's threads spent runnable but waiting for a CPU (schedstat field 2),
-    summed over its threads."""
-    total = 0
+def _schedstat_wait(path: str) -> int:
+    with open(path) as fh:
+        return int(fh.read().split()[1])
+
+
+def thread_run_queue_wait_ns() -> int:
+    """Time the calling thread has spent runnable but waiting for a CPU (schedstat field 2)."""
+    try:
+        return _schedstat_wait("/proc/thread-self/schedstat")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def task_run_queue_waits(pid: int | str = "self") -> dict[int, int]:
+    """Run-queue wait (ns, schedstat field 2) of every thread of the process now."""
+    out: dict[int, int] = {}
     base = f"/proc/{pid}/task"
     for tid in os.listdir(base):
         try:
-            with open(f"{base}/{tid}/schedstat") as fh:
-                total += int(fh.read().split()[1])
+            out[int(tid)] = _schedstat_wait(f"{base}/{tid}/schedstat")
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return out
 
 
-@dataclass
+def run_queue_wait_ns(pid: int | str = "self") -> int:
+    """Run-queue wait summed over the process's current threads."""
+    return sum(task_run_queue_waits(pid).values())
+
+
+def gpu_snapshot() -> dict[str, Any]:
+    """The GPUs as NVML sees them now; without a GPU, why not. Never raises."""
+    try:
+        from ainative.gpu.nvml import read_gpus
+
+        rep = read_gpus()
+    except NotImplementedError:
+        return {"available": False, "reason": "GPU telemetry is not implemented yet"}
+    except Exception as e:  # telemetry must never end a stress run
+        return {"available": False, "reason": f"NVML error: {e}"}
+    if not rep.available:
+        return {"available": False, "reason": rep.reason}
+    return {"available": True, "reason": rep.reason, "gpus": [
+        {"index": g.index, "name": g.name, "utilization_gpu": g.utilization_gpu,
+         "memory_used": g.memory_used, "memory_total": g.memory_total,
+         "power_w": g.power_w} for g in rep.gpus]}
+
+
 class ResourceSampler:
-    """Samples RSS once a second (or as often as called) into a bounded series."""
+    """Samples RSS every ``interval_s`` on a thread of its own into a bounded series, and
+    the GPUs (when asked and present) into running peaks and sums, so nothing grows with
+    the length of the run."""
 
-    rss: BoundedSeries = field(default_factory=lambda: BoundedSeries(1024))
-    t0: float = field(default_factory=time.monotonic)
-    cpu0: tuple[float, float] = field(default_factory=lambda: os.times()[:2])
-    wait0: int = field(default_factory=run_queue_wait_ns)
+    def __init__(self, interval_s: float = 1.0, gpu_every: int = 0,
+                 capacity: int = 1024) -> None:
+        # gpu_every: sample the GPUs every that many intervals (0: never). Only ask for it
+        # once a GPU is known to be there: NVML's first probe holds the GIL for tens of
+        # milliseconds, a stall every request in flight would pay.
+        self.interval_s = interval_s
+        self.gpu_every = gpu_every
+        self.rss = BoundedSeries(capacity)
+        self.t0 = time.monotonic()
+        self.cpu0 = os.times()[:2]
+        self.wait0 = task_run_queue_waits()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gpu_samples = 0
+        self._gpu_util_sum: dict[int, float] = {}
+        self._gpu_mem_peak: dict[int, int] = {}
+        self._gpu_reason: str | None = None
 
     def sample(self) -> None:
         self.rss.add(time.monotonic() - self.t0, rss_bytes() / (1 << 20))
 
+    def sample_gpu(self) -> None:
+        snap = gpu_snapshot()
+        if not snap["available"]:
+            self._gpu_reason = snap["reason"]
+            return
+        self._gpu_samples += 1
+        for g in snap["gpus"]:
+            i = g["index"]
+            self._gpu_util_sum[i] = self._gpu_util_sum.get(i, 0.0) + (g["utilization_gpu"]
+                                                                      or 0.0)
+            self._gpu_mem_peak[i] = max(self._gpu_mem_peak.get(i, 0), g["memory_used"] or 0)
+
+    def _run(self) -> None:
+        n = 0
+        while True:
+            self.sample()
+            if self.gpu_every and n % self.gpu_every == 0 and self._gpu_reason is None:
+                self.sample_gpu()
+            n += 1
+            if self._stop.wait(self.interval_s):
+                self.sample()
+                return
+
+    def __enter__(self) -> ResourceSampler:
+        self.t0 = time.monotonic()
+        self.cpu0 = os.times()[:2]
+        self.wait0 = task_run_queue_waits()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="stress-sampler")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def gpu_result(self) -> dict[str, Any]:
+        if not self._gpu_samples:
+            return {"available": False, "reason": self._gpu_reason or "not sampled"}
+        return {"available": True, "samples": self._gpu_samples, "gpus": [
+            {"index": i, "utilization_gpu_mean": round(u / self._gpu_samples, 1),
+             "memory_used_peak": self._gpu_mem_peak.get(i)}
+            for i, u in sorted(self._gpu_util_sum.items())]}
+
+    def run_queue_wait_s(self) -> float:
+        """Wait since start of the threads alive now (threads that have ended, such as the
+        load workers, must be accounted by whoever ran them)."""
+        now = task_run_queue_waits()
+        return sum(v - self.wait0.get(tid, 0) for tid, v in now.items()) / 1e9
+
     def result(self) -> dict[str, Any]:
         user, system = os.times()[:2]
-        slope = self.rss.slope_per_hour()
+        # Over less than a minute, allocator warm-up swamps any leak: no slope at all.
+        slope = self.rss.slope_per_hour(min_span_s=MIN_SLOPE_SPAN_S)
         return {
             "cpu_user_s": round(user - self.cpu0[0], 3),
             "cpu_system_s": round(system - self.cpu0[1], 3),
@@ -129,5 +231,6 @@ class ResourceSampler:
             "rss_mib_last": round(self.rss.v[-1], 1) if len(self.rss) else None,
             "rss_slope_mib_per_hour": round(slope, 3) if slope is not None else None,
             "rss_samples": len(self.rss),
-            "run_queue_wait_s": round((run_queue_wait_ns() - self.wait0) / 1e9, 4),
+            "rss_sample_stride_s": self.interval_s * self.rss.stride,
+            "run_queue_wait_s": round(self.run_queue_wait_s(), 4),
         }

@@ -12,20 +12,29 @@ from ainative.stress.compare import DESCRIPTIONS
 COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")
 
 
+HEADER = ["scenario", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "req/s", "late",
+          "dropped", "rq wait s", "hog CPU s"]
+
+
 def _row(name: str, r: dict[str, Any]) -> list[str]:
     if "error" in r:
-        return [name, "error: " + r["error"], "", "", "", "", "", "", ""]
+        return [name, "error", *["-"] * (len(HEADER) - 2)]
     lat = r["latency"]
-    return [name, *(f"{lat[c]:.2f}" for c in COLUMNS),
-            f"{r['throughput_per_s']:.0f}", str(r["late"]), str(r["dropped"])]
-
-
-HEADER = ["scenario", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "req/s", "late",
-          "dropped"]
+    hog = r.get("contention_cpu_s")
+    return [name + (" (interrupted)" if r.get("interrupted") else ""),
+            *(f"{lat[c]:.2f}" for c in COLUMNS),
+            f"{r['throughput_per_s']:.0f}", str(r["late"]), str(r["dropped"]),
+            f"{r['resources']['run_queue_wait_s']:.3f}",
+            "-" if hog is None else f"{hog:.1f}"]
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     return [_row(n, r) for n, r in report["scenarios"].items()]
+
+
+def errors(report: dict[str, Any]) -> list[str]:
+    """'scenario: why' for every scenario that failed."""
+    return [f"{n}: {r['error']}" for n, r in report["scenarios"].items() if "error" in r]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -38,11 +47,19 @@ def markdown(report: dict[str, Any]) -> str:
         f"contention {', '.join(report['contention']) or 'none'}; "
         f"machine {report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']}.",
         "",
+        "Latency is measured from each request's scheduled time, so time spent queued "
+        "counts. *rq wait*: time the workload's threads sat runnable, waiting for a CPU. "
+        "*hog CPU*: CPU-seconds the contention got during the measurement.",
+        "",
         "| " + " | ".join(HEADER) + " | what |",
         "|" + "---|" * (len(HEADER) + 1),
     ]
     for name, r in report["scenarios"].items():
-        lines.append("| " + " | ".join(_row(name, r)) + f" | {DESCRIPTIONS.get(name, '')} |")
+        row = [c.replace("|", "\\|") for c in _row(name, r)]
+        lines.append("| " + " | ".join(row) + f" | {DESCRIPTIONS.get(name, '')} |")
+    errs = errors(report)
+    if errs:
+        lines += ["", "Scenarios that failed:", "", *(f"- {e}" for e in errs)]
     v = report.get("verdict", {})
     if v:
         lines += ["", "Verdict: " + ", ".join(f"{k} = {val}" for k, val in v.items())]

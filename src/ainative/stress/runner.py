@@ -12,15 +12,19 @@ import gc
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from types import FrameType
 from typing import Any
+
+import numpy as np
 
 from ainative.stress import models
 from ainative.stress.loadgen import LoadConfig, OpenLoop, Progress
-from ainative.stress.metrics import ResourceSampler, distribution
+from ainative.stress.metrics import ResourceSampler, distribution, gpu_snapshot
 
 
 @dataclass
@@ -36,6 +40,7 @@ class WorkloadConfig:
     warmup_s: float = 1.0
     late_threshold_s: float = 0.001
     max_queue_s: float = 1.0
+    pool: str | None = None  # stage every request's inputs in a pinned pool of this size
 
 
 def choose_workers(service_s: float, rate: float, threads: int) -> int:
@@ -45,15 +50,35 @@ def choose_workers(service_s: float, rate: float, threads: int) -> int:
     return max(1, min(need, max(1, cpus // max(1, threads)), 64))
 
 
-def gpu_summary() -> dict[str, Any]:
-    from ainative.gpu.nvml import read_gpus
+def _open_pool(size: str) -> Any:
+    from ainative.mem import MemlockError, PinnedPool
 
-    rep = read_gpus()
-    if not rep.available:
-        return {"available": False, "reason": rep.reason}
-    return {"available": True, "gpus": [
-        {"index": g.index, "name": g.name, "utilization_gpu": g.utilization_gpu,
-         "memory_used": g.memory_used, "memory_total": g.memory_total} for g in rep.gpus]}
+    try:
+        # "try": an unlocked pool that says so beats no run at all; the stats show which.
+        return PinnedPool(size, lock="try", name="stress")
+    except (MemlockError, ValueError, OSError) as e:
+        raise models.ModelError(f"--pool {size}: {e}") from e
+
+
+def _staged(session: Any, feeds: dict[str, np.ndarray], pool: Any) -> Callable[[], object]:
+    """A request that copies its inputs into pinned buffers first, as a server receiving
+    them would, and gives the buffers back after."""
+
+    def infer() -> object:
+        bufs = []
+        staged: dict[str, np.ndarray] = {}
+        try:
+            for k, v in feeds.items():
+                bufs.append(pool.alloc(v.nbytes))
+                staged[k] = bufs[-1].array(v.dtype, v.shape)
+                staged[k][...] = v
+            return session.run(None, staged)
+        finally:
+            staged.clear()  # the views must die before free() takes the buffers back
+            for b in bufs:
+                b.free()
+
+    return infer
 
 
 def run_workload(cfg: WorkloadConfig, on_tick: Callable[[Progress], None] | None = None,
@@ -61,45 +86,59 @@ def run_workload(cfg: WorkloadConfig, on_tick: Callable[[Progress], None] | None
                  ) -> dict[str, Any]:
     session = models.open_session(cfg.model_path, cfg.threads, cfg.device)
     feeds = models.synthesise_inputs(session, cfg.batch, cfg.model_name)
+    pool = _open_pool(cfg.pool) if cfg.pool else None
 
-    def infer() -> object:
+    def plain() -> object:
         return session.run(None, feeds)
 
-    # Warm-up: first runs allocate and pick kernels; also measures the service time.
-    t_end = time.monotonic() + cfg.warmup_s
-    n, t0 = 0, time.perf_counter()
-    while time.monotonic() < t_end or n < 5:
-        infer()
-        n += 1
-    service = (time.perf_counter() - t0) / n
-    workers = cfg.workers or choose_workers(service, cfg.rate, cfg.threads)
-    if before_start is not None:
-        before_start()
-    # Everything allocated so far lives for the whole run: moving it out of the cyclic
-    # collector's reach keeps full collections (pauses of milliseconds) off the hot path.
-    gc.collect()
-    gc.freeze()
-    sampler = ResourceSampler()
+    infer = plain if pool is None else _staged(session, feeds, pool)
+    try:
+        # Warm-up: first runs allocate and pick kernels; also measures the service time.
+        t_end = time.monotonic() + cfg.warmup_s
+        n, t0 = 0, time.perf_counter()
+        while time.monotonic() < t_end or n < 5:
+            infer()
+            n += 1
+        service = (time.perf_counter() - t0) / n
+        workers = cfg.workers or choose_workers(service, cfg.rate, cfg.threads)
+        gpu = gpu_snapshot()  # before the clock starts: a first NVML probe is slow
+        if before_start is not None:
+            before_start()
+        # Everything allocated so far lives for the whole run: moving it out of the cyclic
+        # collector's reach keeps full collections (pauses of milliseconds) off the hot path.
+        gc.collect()
+        gc.freeze()
+        loop = OpenLoop(LoadConfig(cfg.rate, cfg.duration, workers, cfg.late_threshold_s,
+                                   cfg.max_queue_s), infer)
+        sample_gpu = cfg.device == "cuda" and gpu["available"]
+        with ResourceSampler(gpu_every=5 if sample_gpu else 0) as sampler:
+            res = loop.run(on_tick, tick_s)
+        out = res.to_json()
+        resources = sampler.result()
+        # Threads alive at the end (main, ONNX Runtime's pool) plus the ended load workers.
+        resources["run_queue_wait_s"] = round(resources["run_queue_wait_s"]
+                                              + res.run_queue_wait_s, 4)
+        out.update({
+            "config": asdict(cfg),
+            "workers": workers,
+            "service_time_ms": round(service * 1000, 4),
+            "resources": resources,
+            "distribution": distribution(res.histogram),
+            "gpu": dict(gpu, during_run=sampler.gpu_result()) if sample_gpu else gpu,
+            "pool": pool.stats() if pool is not None else None,
+            "pid": os.getpid(),
+        })
+        return out
+    finally:
+        if pool is not None:
+            pool.close()
 
-    def tick(p: Progress) -> None:
-        sampler.sample()
-        if on_tick is not None:
-            on_tick(p)
 
-    loop = OpenLoop(LoadConfig(cfg.rate, cfg.duration, workers, cfg.late_threshold_s,
-                               cfg.max_queue_s), infer)
-    res = loop.run(tick, tick_s)
-    out = res.to_json()
-    out.update({
-        "config": asdict(cfg),
-        "workers": workers,
-        "service_time_ms": round(service * 1000, 4),
-        "resources": sampler.result(),
-        "distribution": distribution(res.histogram),
-        "gpu": gpu_summary(),
-        "pid": os.getpid(),
-    })
-    return out
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    # The first Ctrl-C ends the run (the loop still writes its result); more of them,
+    # e.g. one from the terminal and one forwarded by the leader, must not cut that short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,15 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", required=True)
     args = ap.parse_args(argv)
     cfg = WorkloadConfig(**json.loads(args.config))
+    signal.signal(signal.SIGINT, _interrupt_once)
 
     def wait_go() -> None:
         print("ready", flush=True)
-        sys.stdin.readline()
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit(3)  # the caller gave up on this scenario
 
     try:
         out = run_workload(cfg, before_start=wait_go)
     except models.ModelError as e:
         out = {"error": str(e)}
+    except KeyboardInterrupt:
+        out = {"error": "interrupted before the measurement began"}
     with open(args.result + ".tmp", "w") as fh:
         json.dump(out, fh)
     os.replace(args.result + ".tmp", args.result)
