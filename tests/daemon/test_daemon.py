@@ -376,6 +376,9 @@ def test_dry_run_decides_but_changes_nothing(
     d = start_daemon("--dry-run")
     t = d.wait_task(child.pid, cls="inference")
     assert t["targets"]["nice"] == "-10"
+    # It says which group it would use, and creates none.
+    assert t["targets"]["cgroup"] == f"/{d.cgroup_root}.inference"
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_root}.*"))
     time.sleep(0.3)
     assert snapshot(child.pid) == before
     assert "dry run" in d.client.explain(child.pid)["dry_run"]

@@ -172,7 +172,7 @@ class Engine:
         if cls.name in self._cgroup_error:
             return None
         if self.dry_run:
-            return {"*": f"/ainative/{cls.name}"}
+            return {"*": self.backend.cgroup_path(cls.name)}
         try:
             paths = self.backend.cgroup_prepare(cls.name, cgroup_settings(cls))
         except (OSError, ValueError, NotImplementedError) as e:

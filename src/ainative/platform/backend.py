@@ -35,6 +35,10 @@ class Backend(Protocol):
         """Create/update ainative's group for a class; return its {hierarchy: path}."""
         ...
 
+    def cgroup_path(self, group: str) -> str:
+        """Where cgroup_prepare would put a class's group (no side effects: for dry runs)."""
+        ...
+
     def rt_throttled(self) -> bool:
         """True when the kernel throttles realtime tasks (so FIFO/RR cannot starve it)."""
         ...

@@ -6,7 +6,7 @@ from typing import Any
 
 from ainative.platform.base import ProcessInfo, TaskId
 from ainative.platform.linux import knobs, procfs
-from ainative.platform.linux.cgroups import CgroupManager, CgroupSettings
+from ainative.platform.linux.cgroups import CgroupManager, CgroupSettings, group_path
 
 
 class LinuxBackend:
@@ -93,6 +93,9 @@ class LinuxBackend:
             cpuset_cpus=settings.get("cpuset"), memory_low=settings.get("memory_low")))
         # The paths as /proc/PID/cgroup will show them once a process is inside.
         return {k: cg.group_path(group) for k in made}
+
+    def cgroup_path(self, group: str) -> str:
+        return group_path(self.cgroup_root, group)
 
     def rt_throttled(self) -> bool:
         try:

@@ -49,6 +49,11 @@ class CgroupSettings:
         return out
 
 
+def group_path(root_name: str, group: str) -> str:
+    """Where a class's group lives, relative to each hierarchy's mount."""
+    return f"/{root_name}.{group}"
+
+
 def weight_to_shares(weight: int) -> int:
     return max(2, min(262144, weight * 1024 // 100))
 
@@ -211,11 +216,11 @@ class CgroupManager:
         return False
 
     def group_dir(self, h: Hierarchy, group: str) -> str:
-        return os.path.join(h.mount, f"{self.root_name}.{group}")
+        return os.path.join(h.mount, group_path(self.root_name, group).lstrip("/"))
 
     def group_path(self, group: str) -> str:
         """The path /proc/PID/cgroup shows for a process in the group."""
-        return f"/{self.root_name}.{group}"
+        return group_path(self.root_name, group)
 
     def _enable_v2(self, h: Hierarchy, ctrl: str) -> None:
         sc = os.path.join(h.mount, "cgroup.subtree_control")
