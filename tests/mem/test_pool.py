@@ -133,6 +133,13 @@ def test_locking_not_allowed_is_a_clear_error_or_an_honest_unlocked_pool() -> No
     assert locked is False and why.startswith("UNLOCKED")
 
 
+def test_importing_ainative_stays_cheap() -> None:
+    code = ("import sys, ainative; print('numpy' in sys.modules, 'ainative.mem' in sys.modules);"
+            "ainative.PinnedPool; print('ainative.mem' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["False", "False", "True"], r.stderr
+
+
 def test_exported_from_the_package() -> None:
     assert ainative.PinnedPool is PinnedPool and ainative.PoolExhausted is PoolExhausted
     with pytest.raises(AttributeError):
