@@ -446,3 +446,38 @@ def test_status_shows_the_pinned_pools_processes_report(
             q["pid"] == child.pid for q in d.client.status()["pools"]):
         time.sleep(0.1)
     assert not any(q["pid"] == child.pid for q in d.client.status()["pools"])
+
+
+TWO_POOLS_CHILD = """
+import sys
+from ainative.mem import PinnedPool
+a = PinnedPool("4MiB", lock="try", name="inputs")
+b = PinnedPool("8MiB", lock="try", name="outputs")
+print("ready", flush=True)
+sys.stdin.readline()
+b.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_several_pools_per_process_and_a_closed_one_goes(
+        children: Children, start_daemon: Callable[..., DaemonProc]) -> None:
+    d = start_daemon()
+    child = children.python(TWO_POOLS_CHILD, env={"AINATIVE_SOCKET": d.sock})
+
+    def names() -> set[str]:
+        return {str(p["name"]) for p in d.client.status()["pools"] if p["pid"] == child.pid}
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and names() != {"inputs", "outputs"}:
+        time.sleep(0.1)
+    assert names() == {"inputs", "outputs"}
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write("\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "closed"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and names() != {"inputs"}:
+        time.sleep(0.1)
+    assert names() == {"inputs"}

@@ -103,7 +103,8 @@ class Daemon:
         self.journal: Journal | None = None
         self.engine: Engine
         self.classifier: Classifier
-        self.pools: dict[TaskId, dict[str, Any]] = {}
+        # Keyed by process identity and pool name: a process may hold several pools.
+        self.pools: dict[tuple[TaskId, str], dict[str, Any]] = {}
         self.mechanisms: list[dict[str, Any]] = []
         self.event_source: Any = None
         self.event_source_name = "none"
@@ -296,8 +297,8 @@ class Daemon:
         elif kind == "exit" and tid == pid:
             for ident in [i for i in self.engine.managed if i.pid == pid]:
                 self.engine.forget(ident, "exited")
-            for ident in [i for i in self.pools if i.pid == pid]:
-                del self.pools[ident]
+            for key in [k for k in self.pools if k[0].pid == pid]:
+                del self.pools[key]
 
     # --- classification ---
 
@@ -562,9 +563,13 @@ class Daemon:
             raise RequestError(f"no process {pid}") from e
         if not peer.is_root and info.uid != peer.uid:
             raise RequestError("you may only report pools of your own processes")
-        if info.ident not in self.pools and len(self.pools) >= MAX_POOLS:
+        key = (info.ident, str(pool.get("name", "pool")))
+        if pool.get("closed"):
+            self.pools.pop(key, None)
+            return {}
+        if key not in self.pools and len(self.pools) >= MAX_POOLS:
             raise RequestError("too many pools reported")
-        self.pools[info.ident] = dict(pool, pid=pid, reported_at=time.time())
+        self.pools[key] = dict(pool, pid=pid, reported_at=time.time())
         return {}
 
     # --- views ---
