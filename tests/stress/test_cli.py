@@ -45,29 +45,93 @@ def test_human_summary(tmp_path: Path) -> None:
     assert "req/s" in r.stderr  # plain progress lines when not on a terminal
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the ainative and chrt scenarios need root")
-def test_short_compare_writes_report_with_scenarios(tmp_path: Path) -> None:
+ROOT = pytest.mark.skipif(os.geteuid() != 0,
+                          reason="the chrt, cgroup and ainative scenarios need root")
+
+
+def _no_stress_cgroups_left() -> None:
+    for base in Path("/sys/fs/cgroup").glob("*"):
+        assert not list(base.glob("ainative-stress-*")), base
+
+
+@ROOT
+def test_short_compare_writes_report_with_the_scenarios_that_ran(tmp_path: Path) -> None:
     r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
-                        "300", "--duration", "2s", "--scenarios", "alone,contended,ainative",
+                        "300", "--duration", "2s", "--scenarios", "alone,contended,cgroup",
                         "--contention", "cpu:2", "--report", str(tmp_path)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert list(rep["scenarios"]) == ["alone", "contended", "ainative"]
+    assert list(rep["scenarios"]) == ["alone", "contended", "cgroup"]
     for name, res in rep["scenarios"].items():
         assert "error" not in res, (name, res)
-        assert res["completed"] > 0
-    assert rep["scenarios"]["contended"]["contention_cpu_s"] > 1.0  # the hogs really ran
-    a = rep["scenarios"]["ainative"]["ainative"]
-    assert a["workload"]["class"] == "inference" and a["hogs_demoted"] == a["hogs"] > 0
+        assert res["scenario"] == name
+        assert 0 < res["completed"] <= 600 and res["latency"]["p99_ms"] > 0
+    # The hogs really ran, during the measurement, in the scenarios that have them.
+    assert "contention_cpu_s" not in rep["scenarios"]["alone"]
+    for name in ("contended", "cgroup"):
+        assert rep["scenarios"][name]["contention_cpu_s"] > 0.5
+        assert rep["scenarios"][name]["contention_check"]["processes"] >= 3
+    assert rep["scenarios"]["cgroup"]["hog_cgroup"]["knob"] in ("cpu.shares=2", "cpu.weight=1")
     md = (tmp_path / "report.md").read_text()
     assert all(f"| {n} |" in md for n in rep["scenarios"])
+    assert "| ainative |" not in md
     png = (tmp_path / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert "p99 ms" in r.stdout
-    # Nothing left behind: no ainative cgroup, no hog.
-    for base in Path("/sys/fs/cgroup").glob("*"):
-        assert not list(base.glob("ainative-stress-*"))
+    assert "p99 ms" in r.stdout and "cgroup" in r.stdout
+    _no_stress_cgroups_left()
+
+
+@ROOT
+def test_compare_with_ainative_lets_the_daemon_classify_on_its_own(tmp_path: Path) -> None:
+    r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
+                        "300", "--duration", "2s", "--scenarios", "ainative",
+                        "--contention", "cpu:2", "--json", "--report", str(tmp_path)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["scenarios"]["ainative"]
+    assert "error" not in res, res
+    a = res["ainative"]
+    assert a["workload"]["class"] == "inference"
+    assert a["hogs_demoted"] == a["hogs"] >= 3  # stress-ng and its two workers
+    assert res["completed"] > 0
+    _no_stress_cgroups_left()
+
+
+def test_a_failing_scenario_is_reported_not_fatal(tmp_path: Path) -> None:
+    from ainative.stress.compare import run_compare
+    from ainative.stress.report import errors, markdown
+    from ainative.stress.runner import WorkloadConfig
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    cfg = WorkloadConfig(str(bad), "bad.onnx", rate=100, duration=1, warmup_s=0.1)
+    rep = run_compare(cfg, [parse_scenario("cpu:1")], str(tmp_path / "work"),
+                      ("alone", "contended"))
+    assert list(rep["scenarios"]) == ["alone", "contended"]
+    for name, res in rep["scenarios"].items():
+        assert "onnxruntime cannot load it" in res["error"], (name, res)
+    assert len(errors(rep)) == 2
+    md = markdown(rep)
+    assert "| alone | error |" in md and "onnxruntime cannot load it" in md
+
+
+def test_sigint_during_compare_still_writes_the_report(tmp_path: Path) -> None:
+    p = subprocess.Popen([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
+                          "200", "--duration", "20s", "--scenarios", "alone,contended",
+                          "--report", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # well into the first scenario's measurement
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == 0, err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["interrupted"] is True
+    assert list(rep["scenarios"]) == ["alone"]  # the scenarios after it never started
+    alone = rep["scenarios"]["alone"]
+    assert alone["interrupted"] is True and 0 < alone["completed"] < 200 * 20
+    assert "Interrupted" in (tmp_path / "report.md").read_text()
+    assert "alone (interrupted)" in out
 
 
 def test_hogs_run_and_stop() -> None:
@@ -91,3 +155,24 @@ def test_bad_contention_specs() -> None:
         with pytest.raises(ContentionError):
             parse_scenario(spec)
     assert parse_scenario("mem:1G").amount == 1 << 30
+
+
+def test_pool_staging_reports_the_pools_stats() -> None:
+    r = subprocess.run([*AINATIVE, "stress", "--model", "mlp-small", "--rate", "200",
+                        "--duration", "1s", "--warmup", "0.2s", "--pool", "8M", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["scenarios"]["run"]
+    pool = run["pool"]
+    # One staging buffer per request (warm-up included), every one given back.
+    assert pool["alloc_count"] >= run["completed"] > 0
+    assert pool["alloc_count"] == pool["free_count"] and pool["failures"] == 0
+    assert pool["total"] == 8 << 20 and "lock" in pool
+
+
+def test_bad_sizes_and_durations_are_usage_errors() -> None:
+    for args, expect in ((["--pool", "lots"], "--pool"), (["--duration", "soon"], "30s, 10m"),
+                         (["--compare", "--scenarios", "alone,bogus"], "bogus")):
+        r = subprocess.run([*AINATIVE, "stress", *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr

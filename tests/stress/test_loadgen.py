@@ -83,3 +83,22 @@ def test_bad_configs() -> None:
                {"rate": 1, "duration": 1, "workers": 0}):
         with pytest.raises(ValueError):
             LoadConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_ticks_report_each_interval_and_keep_nothing_between() -> None:
+    seen = []
+    loop = OpenLoop(LoadConfig(rate=400, duration=1.2), lambda: busy(0.0002))
+    r = loop.run(seen.append, tick_s=0.25)
+    assert 3 <= len(seen) <= 5
+    assert [p.completed for p in seen] == sorted(p.completed for p in seen)
+    for p in seen:
+        assert 300 < p.interval_throughput < 500
+        assert 0.2 <= p.interval["p50_ms"] < 50
+    assert loop._in < 200  # the interval buffer is emptied at every tick
+    assert r.completed == 480
+
+
+def test_without_a_reader_no_interval_figures_are_kept() -> None:
+    loop = OpenLoop(LoadConfig(rate=500, duration=0.5), lambda: None)
+    loop.run()
+    assert loop._in == 0

@@ -70,3 +70,27 @@ def test_cuda_without_a_provider_is_a_clear_error(tmp_path: Path) -> None:
         pytest.skip("this onnxruntime has CUDA; the error path does not apply")
     r = CliRunner().invoke(main, ["stress", "--device", "cuda", "--duration", "1s"])
     assert r.exit_code == 1 and "CUDAExecutionProvider" in r.output
+
+
+def test_unsupported_input_type_and_unknown_operator_are_clear_errors(tmp_path: Path) -> None:
+    g = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "g",
+                          [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+                          [helper.make_tensor_value_info("t", TensorProto.STRING, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    strings = tmp_path / "strings.onnx"
+    onnx.save(m, str(strings))
+    g2 = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="acme.ops")],
+                           "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m2 = helper.make_model(g2, opset_imports=[helper.make_opsetid("", 17),
+                                              helper.make_opsetid("acme.ops", 1)])
+    m2.ir_version = 8
+    custom = tmp_path / "custom.onnx"
+    onnx.save(m2, str(custom))
+    runner = CliRunner()
+    for path, expect in ((strings, "cannot synthesise"), (custom, "onnxruntime cannot load")):
+        r = runner.invoke(main, ["stress", "--model", str(path), "--duration", "1s"])
+        assert r.exit_code == 1, r.output
+        assert expect in r.output and path.name in r.output
+        assert "Traceback" not in r.output

@@ -190,6 +190,10 @@ class Hogs:
         before = self.cpu_seconds()
         time.sleep(window_s)
         used = self.cpu_seconds() - before
+        dead = [p.args for p in self.procs if p.poll() is not None]
+        if dead:
+            self.stop()
+            raise ContentionError(f"contention did not keep running (exited at once): {dead}")
         # CPU hogs must get a real share of the CPUs (even demoted ones get the idle
         # time); memory and I/O hogs only need to be doing something.
         cpu_hogs = sum(s.amount for s in self.scenarios if s.kind == "cpu")

@@ -68,6 +68,15 @@ def _tail(path: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _error_of(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            err = json.load(fh).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(err) if err else None
+
+
 class Leader:
     def __init__(self, spec: dict[str, Any], workdir: str) -> None:
         self.spec = spec
@@ -106,7 +115,9 @@ class Leader:
         try:
             wait_line(self.child, "ready", 120)
         except ScenarioError as e:
-            raise ScenarioError(f"workload {e}: {_tail(werr)}") from None
+            self.child.wait(timeout=5)
+            # A model it could not load or feed says so in its result; a crash, on stderr.
+            raise ScenarioError(_error_of(wres) or f"workload {e}: {_tail(werr)}") from None
         hog_pids = self.hogs.pids() if self.hogs else []
         extra["setup_s"] = round(time.monotonic() - t0, 2)
         print("ready " + json.dumps({"workload": self.child.pid, "hogs": hog_pids}),
