@@ -239,7 +239,8 @@ def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,
     try:
         if hogs is not None:
             hogs.start()
-        prog = make_progress(dur, interval, "none" if quiet else "auto")
+        # With --json, stdout carries only the JSON; progress still goes to stderr.
+        prog = make_progress(dur, interval, "plain" if quiet else "auto")
         if prog is None:
             r = run_workload(wcfg, tick_s=1.0, before_start=started)
         else:

@@ -38,17 +38,23 @@ class LiveProgress:
     """A rich progress bar whose description carries the last interval's figures."""
 
     def __init__(self, duration: float) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.duration = duration
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TimeRemainingColumn(), transient=False)
+                            TimeRemainingColumn(), transient=False,
+                            console=Console(stderr=True),
+                            # No refresh thread of its own: rendering holds the GIL, and
+                            # the workers measured share it; we redraw once per tick.
+                            auto_refresh=False)
         self.task = self.bar.add_task("starting", total=duration)
 
     def __call__(self, p: Progress) -> None:
         desc = (f"{p.interval_throughput:7.1f} req/s  p50 {p.interval['p50_ms']:.3f} ms  "
                 f"p99 {p.interval['p99_ms']:.3f} ms  late {p.late}  dropped {p.dropped}")
-        self.bar.update(self.task, completed=min(p.elapsed_s, self.duration), description=desc)
+        self.bar.update(self.task, completed=min(p.elapsed_s, self.duration), description=desc,
+                        refresh=True)
 
     def __enter__(self) -> LiveProgress:
         self.bar.start()
@@ -60,6 +66,7 @@ class LiveProgress:
 
 def make_progress(duration: float, interval: float, mode: str = "auto"
                   ) -> PlainProgress | LiveProgress | None:
+    """mode: auto (a bar on a terminal, plain lines otherwise), bar, plain or none."""
     if mode == "none":
         return None
     if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
