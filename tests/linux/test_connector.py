@@ -3,10 +3,14 @@ test starts."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import socket
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +69,81 @@ def test_netlink_reports_threads_with_their_process() -> None:
         assert all(e.pid == p.pid and e.tid not in (0, p.pid) for e in thread_forks)
     finally:
         src.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the process connector needs CAP_NET_ADMIN")
+def test_netlink_overrun_asks_for_one_rescan() -> None:
+    src = NetlinkSource()
+    try:
+        # The smallest buffer the kernel allows, then a burst nobody reads: the kernel
+        # drops events and says so with ENOBUFS on the next recv.
+        src.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        procs = [subprocess.Popen(["/bin/true"]) for _ in range(60)]
+        for p in procs:
+            p.wait()
+        evs = src.read()
+        scans = [e for e in evs if e.kind == "scan"]
+        assert len(scans) == 1 and evs[-1].kind == "scan", [e.kind for e in evs]
+        # Once drained, the next burst arrives whole and needs no rescan.
+        src.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        p = subprocess.Popen(["/bin/true"])
+        p.wait()
+        evs = collect(src, lambda e: e.pid == p.pid or e.kind == "scan")
+        assert [e.kind for e in evs] == ["fork", "exec", "exit"]
+    finally:
+        src.close()
+
+
+def test_falls_back_to_polling_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root on a 6.x kernel always gets the connector; the refusal an older kernel or an
+    # unprivileged user meets is simulated here.
+    def refuse() -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(connector, "NetlinkSource", refuse)
+    src = open_event_source(0.05)
+    try:
+        assert src.name == "poll" and isinstance(src, PollSource)
+        assert src.fallback_reason and "root" in src.fallback_reason
+    finally:
+        src.close()
+    assert not src._thread.is_alive()
+
+
+def _exec_seen_by_poller(argv: list[str]) -> list[ProcEvent]:
+    """Start argv (which waits for a line, then execs), let it exec, and return what the
+    poller saw of that pid after its first sighting."""
+    src = PollSource(0.05, reason="test")
+    try:
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE)
+        assert {e.kind for e in src.read() if e.pid == p.pid} == {"fork", "exec"}
+        assert not [e for e in src.read() if e.pid == p.pid]  # still waiting in `read`
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        deadline = time.monotonic() + 3.0
+        evs: list[ProcEvent] = []
+        while not evs and time.monotonic() < deadline:
+            time.sleep(0.02)
+            evs = [e for e in src.read() if e.pid == p.pid]
+        p.kill()
+        p.wait()
+        return evs
+    finally:
+        src.close()
+
+
+def test_poller_notices_an_exec_by_its_new_name() -> None:
+    evs = _exec_seen_by_poller(["/bin/sh", "-c", "read x; exec /bin/sleep 5"])
+    assert [e.kind for e in evs] == ["exec"]
+
+
+def test_poller_notices_an_exec_of_another_binary_with_the_same_name(tmp_path: Path) -> None:
+    # A copy of the shell under the same name: comm stays "sh", only /proc/PID/exe moves.
+    twin = tmp_path / "sh"
+    shutil.copy2(os.path.realpath("/bin/sh"), twin)
+    evs = _exec_seen_by_poller(["/bin/sh", "-c", f"read x; exec {twin} -c 'read y'"])
+    assert [e.kind for e in evs] == ["exec"]
 
 
 def test_poller_sees_new_and_exited_processes() -> None:

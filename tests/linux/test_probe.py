@@ -24,6 +24,32 @@ def test_every_mechanism_is_reported_with_a_reason() -> None:
         assert f"{soft >> 10} KiB" in mechs["mlock"].detail
 
 
+def test_answers_agree_with_what_the_kernel_shows() -> None:
+    mechs = {m.name: m for m in probe_mechanisms()}
+    fstypes = set()
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            parts = line.split()
+            if parts[1].startswith("/sys/fs/cgroup") and parts[2] in ("cgroup", "cgroup2"):
+                fstypes.add(parts[2])
+    layout = ("hybrid" if fstypes == {"cgroup", "cgroup2"}
+              else "v2" if fstypes == {"cgroup2"} else "v1")
+    assert f"layout {layout}" in mechs["cgroups"].detail
+    with open("/proc/self/status") as fh:
+        capeff = next(int(ln.split()[1], 16) for ln in fh if ln.startswith("CapEff:"))
+    has_ipc_lock = bool(capeff >> 14 & 1)
+    assert ("CAP_IPC_LOCK yes" in mechs["mlock"].detail) == has_ipc_lock
+    policy = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH",
+              os.SCHED_IDLE: "SCHED_IDLE"}.get(os.sched_getscheduler(0))
+    if policy:
+        assert f"self: {policy}" in mechs["scheduler"].detail
+    with open("/proc/sys/kernel/sched_rt_runtime_us") as fh:
+        assert f"sched_rt_runtime_us={fh.read().strip()}" in mechs["scheduler"].detail
+    tracefs = os.path.isdir("/sys/kernel/tracing/events") or os.path.isdir(
+        "/sys/kernel/debug/tracing/events")
+    assert ("tracefs mounted" in mechs["ebpf"].detail) == tracefs
+
+
 def test_probe_leaves_no_cgroup_behind() -> None:
     probe_mechanisms()
     for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"):

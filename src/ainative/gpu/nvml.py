@@ -42,6 +42,13 @@ class GpuReport:
     gpus: list[GpuStatus] = field(default_factory=list)
 
 
+# NVML error values (nvml.h) worth a plain sentence; any other is reported as NVML words it.
+_INIT_ERRORS = {
+    12: "NVML library not found (no NVIDIA driver on this machine)",  # LIBRARY_NOT_FOUND
+    9: "NVIDIA driver is installed but not loaded (no GPU, or the module failed)",
+    4: "NVML refused access (no permission on /dev/nvidia*)",  # NO_PERMISSION
+}
+
 _lock = threading.Lock()
 _state: dict[str, Any] = {"init": False, "error": None, "nvml": None}
 
@@ -61,9 +68,8 @@ def _nvml() -> Any:
         except ImportError:
             _state["error"] = "nvidia-ml-py (pynvml) is not installed"
         except Exception as e:
-            lib_missing = getattr(e, "value", None) == 12  # NVML_ERROR_LIBRARY_NOT_FOUND
-            _state["error"] = ("NVML library not found (no NVIDIA driver on this machine)"
-                               if lib_missing else f"NVML unavailable: {e!s}")
+            known = _INIT_ERRORS.get(getattr(e, "value", None))  # type: ignore[arg-type]
+            _state["error"] = known or f"NVML unavailable: {e!s}"
         else:
             _state["init"], _state["nvml"] = True, pynvml
             return pynvml

@@ -37,6 +37,8 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
 _EVENT_HDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _PAIR = struct.Struct("=ii")  # pid, tgid
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_RCVBUF = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,7 @@ class NetlinkSource(ProcessEventSource):
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
-            # A bigger receive buffer makes overruns rarer on fork storms (capped by
-            # net.core.rmem_max unless we are allowed to force it).
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self._grow_buffer()
             self.sock.bind((0, CN_IDX_PROC))
             self.sock.send(_control_message(PROC_CN_MCAST_LISTEN))
             self.sock.setblocking(False)
@@ -126,11 +126,22 @@ class NetlinkSource(ProcessEventSource):
             self.sock.close()
             raise
 
+    def _grow_buffer(self) -> None:
+        # A bigger receive buffer makes overruns rarer on fork storms. SO_RCVBUFFORCE
+        # (CAP_NET_ADMIN) passes net.core.rmem_max; without it the kernel caps SO_RCVBUF.
+        for opt in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, _RCVBUF)
+                return
+            except OSError:
+                continue
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def read(self) -> list[ProcEvent]:
         out: list[ProcEvent] = []
+        lost = False
         for _ in range(4096):  # bounded: never starve the rest of the daemon's loop
             try:
                 data = self.sock.recv(65536)
@@ -138,11 +149,18 @@ class NetlinkSource(ProcessEventSource):
                 break
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    # The kernel dropped events: only a rescan can tell what we missed.
-                    out.append(ProcEvent("scan", 0, 0, 0, time.monotonic_ns()))
+                    lost = True  # the kernel dropped events; what follows is still good
                     continue
                 raise
-            out.extend(parse_messages(data))
+            for ev in parse_messages(data):
+                if ev.kind == "scan":
+                    lost = True
+                else:
+                    out.append(ev)
+        if lost:
+            # Only a rescan can tell what was missed; one is enough, and it goes last so
+            # that it sees the effect of the events that did arrive.
+            out.append(ProcEvent("scan", 0, 0, 0, time.monotonic_ns()))
         return out
 
     def close(self) -> None:
@@ -153,21 +171,42 @@ class NetlinkSource(ProcessEventSource):
         self.sock.close()
 
 
-def _proc_snapshot() -> dict[int, tuple[int, int, str]]:
-    """{pid: (start_time, ppid, comm)} for every process now."""
-    out: dict[int, tuple[int, int, str]] = {}
+@dataclass(frozen=True)
+class _Seen:
+    start: int  # start time in clock ticks: tells a reused pid from the old process
+    ppid: int
+    comm: str
+    exe: str | None  # None where it cannot be read (kernel threads, other users' processes)
+
+
+def _read_stat(pid: int) -> tuple[int, int, str] | None:
+    """(start_time, ppid, comm) from /proc/PID/stat, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode(errors="replace")
+        # comm may hold spaces and parentheses: it ends at the last ')'.
+        close = raw.rfind(")")
+        fields = raw[close + 2:].split()
+        return int(fields[19]), int(fields[1]), raw[raw.find("(") + 1: close]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _proc_snapshot() -> dict[int, _Seen]:
+    """Every process now, by pid."""
+    out: dict[int, _Seen] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                raw = fh.read().decode(errors="replace")
-        except OSError:
+        pid = int(name)
+        stat = _read_stat(pid)
+        if stat is None:
             continue
-        close = raw.rfind(")")
-        fields = raw[close + 2:].split()
-        comm = raw[raw.find("(") + 1: close]
-        out[int(name)] = (int(fields[19]), int(fields[1]), comm)
+        try:
+            exe: str | None = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            exe = None
+        out[pid] = _Seen(stat[0], stat[1], stat[2], exe)
     return out
 
 
@@ -182,6 +221,8 @@ class PollSource(ProcessEventSource):
         self.fallback_reason = reason
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
+        # Non-blocking both ways: a daemon that stops reading must not wedge the ticker.
+        os.set_blocking(self._w, False)
         self._stop = threading.Event()
         self._prev = _proc_snapshot()
         self._thread = threading.Thread(target=self._tick, name="ainative-poll", daemon=True)
@@ -208,23 +249,26 @@ class PollSource(ProcessEventSource):
         now = _proc_snapshot()
         ts = time.monotonic_ns()
         out: list[ProcEvent] = []
-        for pid, (start, _ppid, _comm) in self._prev.items():
-            cur = now.get(pid)
-            if cur is None or cur[0] != start:
+        for pid, was in self._prev.items():
+            still = now.get(pid)
+            if still is None or still.start != was.start:
                 out.append(ProcEvent("exit", pid, pid, 0, ts))
-        for pid, (start, ppid, comm) in now.items():
+        for pid, cur in now.items():
             old = self._prev.get(pid)
-            if old is None or old[0] != start:
-                out.append(ProcEvent("fork", pid, pid, ppid, ts))
+            if old is None or old.start != cur.start:
+                out.append(ProcEvent("fork", pid, pid, cur.ppid, ts))
                 out.append(ProcEvent("exec", pid, pid, 0, ts))
-            elif old[2] != comm:
-                # A changed name is the only trace of an exec a poller can see.
+            elif old.comm != cur.comm or (old.exe != cur.exe and None not in (old.exe, cur.exe)):
+                # A changed name or binary is the only trace of an exec a poller can see
+                # (an exec of the same binary between two polls goes unnoticed).
                 out.append(ProcEvent("exec", pid, pid, 0, ts))
         self._prev = now
         return out
 
     def close(self) -> None:
         self._stop.set()
+        # Joined before the fds close, or a late tick could write into a reused fd number.
+        self._thread.join()
         for fd in (self._r, self._w):
             try:
                 os.close(fd)
@@ -238,6 +282,10 @@ def open_event_source(poll_interval: float = 0.5) -> ProcessEventSource:
     try:
         return NetlinkSource()
     except OSError as e:
-        why = ("needs root (CAP_NET_ADMIN)" if e.errno in (errno.EPERM, errno.EACCES)
-               else str(e))
+        if e.errno in (errno.EPERM, errno.EACCES):
+            why = "not permitted (kernels before 6.6 need root / CAP_NET_ADMIN)"
+        elif e.errno == errno.EPROTONOSUPPORT:
+            why = "kernel built without CONFIG_CONNECTOR / CONFIG_PROC_EVENTS"
+        else:
+            why = str(e)
         return PollSource(poll_interval, f"netlink process connector unavailable: {why}")

@@ -44,15 +44,29 @@ def _netlink() -> Mechanism:
                          "falling back to polling /proc")
 
 
+_POLICIES = ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO", "SCHED_RR")
+
+
 def _sched() -> Mechanism:
+    policy, _prio = knobs.get_policy(os.getpid())
+    names = {getattr(os, n): n for n in _POLICIES if hasattr(os, n)}
+    # sched_get_priority_max asks the kernel itself whether it knows a policy.
+    known = []
+    for value, name in names.items():
+        try:
+            os.sched_get_priority_max(value)
+            known.append(name[6:].lower())
+        except OSError:
+            pass
     try:
         rt = _read("/proc/sys/kernel/sched_rt_runtime_us")
     except OSError:
         rt = "?"
-    knobs.get_policy(os.getpid())
     guard = ("realtime throttled" if rt not in ("-1", "?")
              else "realtime NOT throttled: fifo/rr classes refused")
-    return Mechanism("scheduler", True, f"nice, other/batch/idle/fifo/rr, affinity; "
+    ok = {"other", "batch", "idle"} <= set(known)
+    return Mechanism("scheduler", ok, f"self: {names.get(policy, policy)}; "
+                     f"policies: {', '.join(known) or 'none'}; nice and affinity; "
                      f"sched_rt_runtime_us={rt} ({guard})")
 
 
@@ -68,8 +82,11 @@ def _cgroups() -> Mechanism:
     caps = mgr.capabilities()
     layout = caps.pop("layout")
     ok = any(not v.startswith("unavailable") for k, v in caps.items() if k != "freeze")
+    where = "; ".join(
+        f"{'v2' if h.is_v2 else 'v1'} {h.mount}: {','.join(sorted(h.controllers)) or '-'}"
+        for h in mgr.hierarchies)
     return Mechanism("cgroups", ok, f"layout {layout}; " + "; ".join(
-        f"{k}: {v}" for k, v in caps.items()))
+        f"{k}: {v}" for k, v in caps.items()) + f"; controllers: {where}")
 
 
 def _psi() -> Mechanism:
