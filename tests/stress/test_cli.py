@@ -94,6 +94,8 @@ def test_compare_with_ainative_lets_the_daemon_classify_on_its_own(tmp_path: Pat
     a = res["ainative"]
     assert a["workload"]["class"] == "inference"
     assert a["hogs_demoted"] == a["hogs"] >= 3  # stress-ng and its two workers
+    # The workload itself saw the daemon's doing when its measurement began.
+    assert res["sched"]["nice"] == -10
     assert res["completed"] > 0
     _no_stress_cgroups_left()
 

@@ -3,7 +3,10 @@ holds the hogs at the smallest share and goes away after."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,3 +94,37 @@ def test_remedy_prefixes() -> None:
 def test_no_cpu_hierarchy_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RemedyError, match="no cgroup hierarchy with the cpu controller"):
         HogCgroup("x", mount_base=str(tmp_path))
+
+
+def _sched_under(*prefix_argv: str) -> dict[str, object]:
+    code = ("import json; from ainative.stress.runner import sched_state; "
+            "print(json.dumps(sched_state()))")
+    out = subprocess.run([*prefix_argv, sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return dict(json.loads(out))
+
+
+def test_a_remedy_that_did_not_take_effect_fails_the_scenario() -> None:
+    from ainative.stress.leader import ScenarioError, _check_remedy
+
+    # What `nice -n -10` leaves behind without the right to raise priority: a workload at
+    # some other nice, which must not be reported as the nice scenario.
+    lowered = _sched_under("nice", "-n", "5")
+    assert lowered["nice"] == 5 and lowered["policy"] == "other"
+    with pytest.raises(ScenarioError, match="nice -n -10 did not take effect"):
+        _check_remedy("nice", lowered)
+    with pytest.raises(ScenarioError, match="chrt -f 10 did not take effect"):
+        _check_remedy("chrt", lowered)
+    _check_remedy("alone", lowered)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising priority needs root")
+def test_the_remedies_take_effect_as_root() -> None:
+    from ainative.stress.leader import _check_remedy
+
+    niced = _sched_under(*prefix("nice"))
+    assert niced["nice"] == -10
+    _check_remedy("nice", niced)
+    rt = _sched_under(*prefix("chrt"))
+    assert rt["policy"] == "fifo" and rt["rt_priority"] == 10
+    _check_remedy("chrt", rt)

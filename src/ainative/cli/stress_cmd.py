@@ -8,27 +8,28 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ainative.stress import models
-from ainative.stress.compare import DESCRIPTIONS, SCENARIOS, run_compare
-from ainative.stress.contention import ContentionError, Hogs, parse_scenario
-from ainative.stress.progress import PlainProgress, make_progress
-from ainative.stress.report import HEADER, errors, table_rows, write_report
-from ainative.stress.runner import WorkloadConfig, choose_workers, run_workload
+# Only names here: NumPy, ONNX and friends load when `stress` runs, not with every
+# ainative command.
+from ainative.stress.catalog import BUILTIN, DESCRIPTIONS, SCENARIOS
+
+if TYPE_CHECKING:
+    from ainative.stress.runner import WorkloadConfig
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--duration") -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
     if not m:
-        raise click.BadParameter(f"{text!r}: use a number with s, m or h (30s, 10m, 24h)")
+        raise click.BadParameter(f"{text!r}: use a number with s, m or h (30s, 10m, 24h)",
+                                 param_hint=option)
     value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if value <= 0:
-        raise click.BadParameter("duration must be positive")
+        raise click.BadParameter("must be positive", param_hint=option)
     return value
 
 
@@ -46,7 +47,7 @@ def _service_time(session: Any, feeds: dict[str, Any], budget_s: float = 0.3) ->
 def _warmup(text: str | None, compare: bool) -> float:
     if text is None:
         return 0.5 if compare else 1.0
-    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text, "--warmup")
 
 
 def _pool_size(text: str | None) -> str | None:
@@ -67,6 +68,8 @@ def _print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from ainative.stress.report import HEADER, errors, table_rows
 
     t = Table(title="latency from scheduled time (open loop)")
     for h in HEADER:
@@ -119,7 +122,7 @@ def _extra_lines(r: dict[str, Any]) -> list[str]:
 
 @click.command()
 @click.option("--model", default="mlp", show_default=True,
-              help=f"Built-in model ({', '.join(models.BUILTIN)}) or a path to an .onnx file.")
+              help=f"Built-in model ({', '.join(BUILTIN)}) or a path to an .onnx file.")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 65536))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
               help="ONNX Runtime intra-op threads.")
@@ -155,14 +158,27 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
            warmup: str | None,
            max_queue: str, pool: str | None) -> None:
     """Real ONNX Runtime inference at a fixed rate, measured from each request's scheduled
-    time. Ctrl-C ends early and still prints the summary."""
+    time (so queueing counts). Ctrl-C ends early and still prints the summary.
+
+    \b
+    ainative stress --duration 10m                      one run, alone
+    ainative stress --contention cpu:4 --duration 1m    one run against 4 CPU hogs
+    ainative stress --compare --duration 12s --report reports/compare
+                                                        alone, contended, ainative,
+                                                        nice -10, chrt -f 10, cgroup
+    """
+    from ainative.stress import models
+    from ainative.stress.contention import ContentionError, parse_scenario
+    from ainative.stress.report import errors, write_report
+    from ainative.stress.runner import WorkloadConfig
+
     dur = parse_duration(duration)
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
     bad = [s for s in chosen if s not in SCENARIOS]
     if compare and (bad or not chosen):
         raise click.BadParameter(f"unknown scenario(s) {bad}; choose from "
                                  f"{', '.join(SCENARIOS)}", param_hint="--scenarios")
-    warmup_s, max_queue_s = _warmup(warmup, compare), parse_duration(max_queue)
+    warmup_s, max_queue_s = _warmup(warmup, compare), parse_duration(max_queue, "--max-queue")
     pool_size = _pool_size(pool)
     tmp = tempfile.mkdtemp(prefix="ainative-stress-")
     keep_tmp = False
@@ -171,7 +187,7 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
         if compare and not conts:
             conts = [parse_scenario("cpu:4")]
         path = models.materialise(model, tmp)
-        name = model if model in models.BUILTIN else os.path.basename(model)
+        name = model if model in BUILTIN else os.path.basename(model)
         wcfg = WorkloadConfig(model_path=path, model_name=name, rate=rate, duration=dur,
                               batch=batch, threads=threads, device=device, workers=workers,
                               warmup_s=warmup_s, max_queue_s=max_queue_s, pool=pool_size)
@@ -204,6 +220,10 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
 
 def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], workdir: str,
              quiet: bool) -> dict[str, Any]:
+    from ainative.stress import models
+    from ainative.stress.compare import run_compare
+    from ainative.stress.runner import choose_workers
+
     # Fail here, not in every scenario, on a model that cannot be fed; and fix the worker
     # count from an uncontended measurement, so every scenario runs the same load the
     # same way.
@@ -228,6 +248,9 @@ def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], wo
 def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,
             quiet: bool) -> dict[str, Any]:
     from ainative.stress.compare import machine_info
+    from ainative.stress.contention import Hogs
+    from ainative.stress.progress import PlainProgress, make_progress
+    from ainative.stress.runner import run_workload
 
     hogs = Hogs(conts) if conts else None
     hog_cpu0 = [0.0]

@@ -22,19 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from ainative.stress.catalog import SCENARIOS
 from ainative.stress.contention import Scenario
 from ainative.stress.leader import ScenarioError, wait_line
 from ainative.stress.runner import WorkloadConfig
-
-SCENARIOS = ("alone", "contended", "ainative", "nice", "chrt", "cgroup")
-DESCRIPTIONS = {
-    "alone": "no contention",
-    "contended": "with the hogs, nothing done",
-    "ainative": "hogs + ainative daemon (automatic)",
-    "nice": "hogs + workload under nice -n -10",
-    "chrt": "hogs + workload under chrt -f 10",
-    "cgroup": "hogs demoted to a cgroup (cpu.shares=2 / cpu.weight=1)",
-}
 
 
 class Interrupted(Exception):

@@ -77,6 +77,17 @@ def _error_of(path: str) -> str | None:
     return str(err) if err else None
 
 
+def _check_remedy(scenario: str, sched: dict[str, Any]) -> None:
+    """nice without the right to raise priority warns and runs the workload anyway; such a
+    result would be labelled with a remedy that never happened."""
+    if scenario == "nice" and sched.get("nice") != -10:
+        raise ScenarioError(f"nice -n -10 did not take effect (the workload ran at nice "
+                            f"{sched.get('nice')}); it needs root or CAP_SYS_NICE")
+    if scenario == "chrt" and sched.get("policy") != "fifo":
+        raise ScenarioError(f"chrt -f 10 did not take effect (policy {sched.get('policy')}); "
+                            "it needs root or CAP_SYS_NICE")
+
+
 class Leader:
     def __init__(self, spec: dict[str, Any], workdir: str) -> None:
         self.spec = spec
@@ -141,6 +152,7 @@ class Leader:
             res: dict[str, Any] = json.load(fh)
         if "error" in res:
             raise ScenarioError(res["error"])
+        _check_remedy(self.scenario, res.get("sched") or {})
         res.update(extra)
         return res
 

@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ainative.stress.catalog import BUILTIN
+
 
 class ModelError(Exception):
     """A model file that cannot be loaded or fed; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    name: str
-    description: str
-
-
-# Per-call times measured on a 2-core VM, one ONNX Runtime thread.
-BUILTIN = {
-    "mlp-small": BuiltinModel("mlp-small", "MLP 256->1024->256: ~0.03 ms at batch 1"),
-    "mlp": BuiltinModel("mlp", "4-layer MLP 256->1024->1024->1024->256: ~0.25 ms at batch 8"),
-    "attention": BuiltinModel("attention", "self-attention block, 128 tokens x 256 dims: "
-                              "~0.4 ms at batch 1, ~3 ms at batch 8"),
-}
 
 
 def _init(rng: np.random.Generator, name: str, *shape: int) -> TensorProto:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from ainative.stress.compare import DESCRIPTIONS
+from ainative.stress.catalog import DESCRIPTIONS
 
 COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")
 

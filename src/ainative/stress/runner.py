@@ -50,6 +50,28 @@ def choose_workers(service_s: float, rate: float, threads: int) -> int:
     return max(1, min(need, max(1, cpus // max(1, threads)), 64))
 
 
+_POLICIES = {os.SCHED_OTHER: "other", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
+             os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+
+
+def sched_state() -> dict[str, Any]:
+    """How the kernel schedules this process now: what a remedy should have changed."""
+    cpu_cgroup = None
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _hid, ctrls, path = line.rstrip("\n").split(":", 2)
+                if "cpu" in ctrls.split(",") or (ctrls == "" and cpu_cgroup is None):
+                    cpu_cgroup = path
+    except OSError:
+        pass
+    policy = os.sched_getscheduler(0)
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "policy": _POLICIES.get(policy, str(policy)),
+            "rt_priority": os.sched_getparam(0).sched_priority,
+            "cpu_cgroup": cpu_cgroup}
+
+
 def _open_pool(size: str) -> Any:
     from ainative.mem import MemlockError, PinnedPool
 
@@ -104,6 +126,7 @@ def run_workload(cfg: WorkloadConfig, on_tick: Callable[[Progress], None] | None
         gpu = gpu_snapshot()  # before the clock starts: a first NVML probe is slow
         if before_start is not None:
             before_start()
+        sched = sched_state()  # after the go: a daemon has acted on us by then
         # Everything allocated so far lives for the whole run: moving it out of the cyclic
         # collector's reach keeps full collections (pauses of milliseconds) off the hot path.
         gc.collect()
@@ -126,6 +149,7 @@ def run_workload(cfg: WorkloadConfig, on_tick: Callable[[Progress], None] | None
             "distribution": distribution(res.histogram),
             "gpu": dict(gpu, during_run=sampler.gpu_result()) if sample_gpu else gpu,
             "pool": pool.stats() if pool is not None else None,
+            "sched": sched,
             "pid": os.getpid(),
         })
         return out
