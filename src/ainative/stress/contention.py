@@ -194,11 +194,13 @@ class Hogs:
         if dead:
             self.stop()
             raise ContentionError(f"contention did not keep running (exited at once): {dead}")
-        # CPU hogs must get a real share of the CPUs (even demoted ones get the idle
-        # time); memory and I/O hogs only need to be doing something.
+        # CPU hogs must be seen burning CPU. The bar is low on purpose: this runs while the
+        # workload loads, possibly at a raised priority, on a machine that may be busy with
+        # other things; what the hogs got during the measurement is reported on its own.
+        # Memory and I/O hogs only need to be doing something.
         cpu_hogs = sum(s.amount for s in self.scenarios if s.kind == "cpu")
         cpus = len(os.sched_getaffinity(0))
-        need = 0.2 * window_s * min(cpu_hogs, cpus) if cpu_hogs else 0.01
+        need = 0.05 * window_s * min(cpu_hogs, cpus) if cpu_hogs else 0.01
         if used < need:
             self.stop()
             raise ContentionError(f"contention started but its hogs used {used:.2f} s of CPU "
