@@ -132,13 +132,16 @@ def test_exclusions(table: Table, pid: int, kw: dict[str, Any], why: str) -> Non
 
 
 def test_scope_limits_to_descendants(table: Table) -> None:
-    table.add(300, "leader")
+    leader = table.add(300, "leader", maps=[ORT])
     inside = table.add(301, "python3", ppid=300, maps=[ORT])
     outside = table.add(302, "python3", maps=[ORT])
     c = classifier(table, scope_pid=300)
     assert c.classify(inside).cls == "inference"
     d = c.classify(outside)
     assert d.cls is None and "scope" in (d.excluded or "")
+    # The scope's root itself is never managed, even when it maps a runtime.
+    d = c.classify(leader)
+    assert d.cls is None and "root" in (d.excluded or "")
 
 
 def test_libraries_are_cached_by_identity_and_rechecked_with_backoff(table: Table) -> None:

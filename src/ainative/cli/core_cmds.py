@@ -38,7 +38,7 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
               help="Where the change journal lives.")
 @socket_option
 @click.option("--scope-descendants", "scope", type=int, default=None, metavar="PID",
-              help="Manage only this process and its descendants.")
+              help="Manage only the descendants of this process (not the process itself).")
 @click.option("--dry-run", is_flag=True, help="Decide and report; change nothing.")
 @click.option("--no-cgroups", is_flag=True, help="Do not use cgroups.")
 @click.option("--cgroup-root", default="ainative", show_default=True,

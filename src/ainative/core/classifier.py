@@ -148,10 +148,13 @@ class Classifier:
             return "kernel thread"
         if info.pid == self.self_pid:
             return "the ainative daemon itself"
-        if self.scope_pid is not None and not (
-            info.pid == self.scope_pid or self.backend.is_descendant(info.pid, self.scope_pid)
-        ):
-            return f"outside the daemon's scope (not a descendant of PID {self.scope_pid})"
+        if self.scope_pid is not None:
+            # Descendants only: the scope's root is whoever runs the daemon (a test
+            # runner, a stress leader), never a workload of its own.
+            if info.pid == self.scope_pid:
+                return f"the scope's root (PID {self.scope_pid}); only its descendants are managed"
+            if not self.backend.is_descendant(info.pid, self.scope_pid):
+                return f"outside the daemon's scope (not a descendant of PID {self.scope_pid})"
         if info.policy in (SCHED_FIFO, SCHED_RR) and not managed:
             return "someone else gave it a realtime policy; ainative leaves realtime tasks alone"
         return None

@@ -27,6 +27,7 @@ from typing import Any
 
 from ainative.stress.contention import ContentionError, Hogs, parse_scenario
 from ainative.stress.remedies import HogCgroup, RemedyError, prefix
+from ainative.stress.results import write_result
 
 
 class ScenarioError(Exception):
@@ -192,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"error": f"{type(e).__name__}: {e}"}
     finally:
         leader.cleanup()
-    with open(args.result + ".tmp", "w") as fh:
-        json.dump(out, fh)
-    os.replace(args.result + ".tmp", args.result)
-    return 0 if "error" not in out else 1
+    return write_result(args.result, out)
 
 
 if __name__ == "__main__":

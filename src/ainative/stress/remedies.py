@@ -8,6 +8,9 @@ import os
 import shutil
 import time
 
+from ainative.platform.linux.cgroups import read_file as _read
+from ainative.platform.linux.cgroups import write_file as _write
+
 # Command prefixes that start the workload under a remedy.
 PREFIXES = {"nice": ["nice", "-n", "-10"], "chrt": ["chrt", "-f", "10"]}
 
@@ -22,20 +25,6 @@ def prefix(scenario: str) -> list[str]:
     if argv and shutil.which(argv[0]) is None:
         raise RemedyError(f"{argv[0]} is not installed (util-linux / coreutils)")
     return list(argv)
-
-
-def _write(path: str, value: str) -> None:
-    # os.write rather than a buffered file: the kernel's refusal must surface here.
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
-
-
-def _read(path: str) -> str:
-    with open(path) as fh:
-        return fh.read()
 
 
 class HogCgroup:

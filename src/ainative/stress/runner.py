@@ -25,6 +25,7 @@ import numpy as np
 from ainative.stress import models
 from ainative.stress.loadgen import LoadConfig, OpenLoop, Progress
 from ainative.stress.metrics import ResourceSampler, distribution, gpu_snapshot
+from ainative.stress.results import write_result
 
 
 @dataclass
@@ -186,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"error": str(e)}
     except KeyboardInterrupt:
         out = {"error": "interrupted before the measurement began"}
-    with open(args.result + ".tmp", "w") as fh:
-        json.dump(out, fh)
-    os.replace(args.result + ".tmp", args.result)
-    return 0 if "error" not in out else 1
+    return write_result(args.result, out)
 
 
 if __name__ == "__main__":

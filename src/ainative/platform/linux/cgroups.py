@@ -119,8 +119,9 @@ def _v1_key(ctrls: frozenset[str]) -> str:
     return ",".join(sorted(ctrls))
 
 
-def _write(path: str, value: str) -> None:
-    # os.write rather than a buffered file so that the kernel's error reaches us here.
+def write_file(path: str, value: str) -> None:
+    """Write a cgroup (or any kernel) file. os.write rather than a buffered file, so that
+    the kernel's refusal surfaces here and not at some later flush."""
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, value.encode())
@@ -128,9 +129,12 @@ def _write(path: str, value: str) -> None:
         os.close(fd)
 
 
-def _read(path: str) -> str:
+def read_file(path: str) -> str:
     with open(path) as fh:
         return fh.read().strip()
+
+
+_write, _read = write_file, read_file
 
 
 class CgroupManager:
