@@ -49,13 +49,18 @@ ROOT = pytest.mark.skipif(os.geteuid() != 0,
                           reason="the chrt, cgroup and ainative scenarios need root")
 
 
-def _no_stress_cgroups_left() -> None:
-    for base in Path("/sys/fs/cgroup").glob("*"):
-        assert not list(base.glob("ainative-stress-*")), base
+def _stress_cgroups() -> set[Path]:
+    return {g for base in Path("/sys/fs/cgroup").glob("*") for g in base.glob("ainative-stress-*")}
+
+
+def _no_stress_cgroups_left(before: set[Path]) -> None:
+    # Compared with what existed before the run: another run on the machine may own some.
+    assert _stress_cgroups() - before == set()
 
 
 @ROOT
 def test_short_compare_writes_report_with_the_scenarios_that_ran(tmp_path: Path) -> None:
+    before = _stress_cgroups()
     r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
                         "300", "--duration", "2s", "--scenarios", "alone,contended,cgroup",
                         "--contention", "cpu:2", "--report", str(tmp_path)],
@@ -79,11 +84,12 @@ def test_short_compare_writes_report_with_the_scenarios_that_ran(tmp_path: Path)
     png = (tmp_path / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "p99 ms" in r.stdout and "cgroup" in r.stdout
-    _no_stress_cgroups_left()
+    _no_stress_cgroups_left(before)
 
 
 @ROOT
 def test_compare_with_ainative_lets_the_daemon_classify_on_its_own(tmp_path: Path) -> None:
+    before = _stress_cgroups()
     r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
                         "300", "--duration", "2s", "--scenarios", "ainative",
                         "--contention", "cpu:2", "--json", "--report", str(tmp_path)],
@@ -97,7 +103,7 @@ def test_compare_with_ainative_lets_the_daemon_classify_on_its_own(tmp_path: Pat
     # The workload itself saw the daemon's doing when its measurement began.
     assert res["sched"]["nice"] == -10
     assert res["completed"] > 0
-    _no_stress_cgroups_left()
+    _no_stress_cgroups_left(before)
 
 
 def test_a_failing_scenario_is_reported_not_fatal(tmp_path: Path) -> None:
