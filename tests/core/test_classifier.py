@@ -5,6 +5,7 @@ tests/daemon)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,9 @@ class Table:
         if pid not in self.procs:
             raise ProcessGone(pid)
         return self.procs[pid]
+
+    def process_name(self, pid: int) -> str:
+        return self.read_process(pid).comm
 
     def task_id(self, pid: int, tid: int | None = None) -> TaskId:
         return self.read_process(pid).ident
@@ -167,3 +171,27 @@ def test_libraries_are_cached_by_identity_and_rechecked_with_backoff(table: Tabl
     reused = table.add(400, "python3", start=99999)
     assert reused.ident != info.ident
     assert c.classify(reused).cls is None
+
+
+def test_parent_rule_reads_the_parent_name_only_when_a_rule_needs_it(
+        table: Table, tmp_path: Path) -> None:
+    rules = tmp_path / "r.toml"
+    rules.write_text('[[rule]]\nname = "cron jobs"\nparent = "cron"\nclass = "background"\n')
+    table.add(500, "cron")
+    job = table.add(501, "indexer", ppid=500)
+    named: list[int] = []
+    real = table.process_name
+
+    def counting(pid: int) -> str:
+        named.append(pid)
+        return real(pid)
+
+    table.process_name = counting  # type: ignore[method-assign]
+    c = Classifier(table, load_rules(rules_dir=None, extra=[str(rules)]),  # type: ignore[arg-type]
+                   self_pid=99)
+    d = c.classify(job)
+    assert d.cls == "background" and named == [500]
+    assert any("parent=cron" in s.detail for s in d.signals)
+    named.clear()
+    assert classifier(table).classify(job).cls is None  # built-in rules: no parent condition
+    assert named == []

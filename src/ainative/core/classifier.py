@@ -204,7 +204,7 @@ class Classifier:
             user=info.user,
             uid=info.uid,
             cgroup=info.cgroup_path,
-            parent_comm=self._parent_comm(info.ppid),
+            parent_comm=self._parent_comm(info.ppid) if self.rules.uses_parent else None,
             libraries=lib_basenames,
         )
         hit = self.rules.first_match(facts)
@@ -259,6 +259,6 @@ class Classifier:
         if ppid <= 0:
             return None
         try:
-            return self.backend.read_process(ppid).comm
+            return self.backend.process_name(ppid)
         except (ProcessGone, PermissionError, OSError):
             return None

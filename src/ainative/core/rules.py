@@ -101,6 +101,11 @@ class RuleSet:
     settings: dict[str, Any] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
+    @property
+    def uses_parent(self) -> bool:
+        """Whether any rule looks at the parent's name (else nobody reads it)."""
+        return any(r.parent for r in self.rules)
+
     def first_match(self, f: ProcessFacts) -> tuple[Rule, list[str]] | None:
         for rule in self.rules:
             why = rule.match(f)

@@ -39,6 +39,9 @@ class LinuxBackend:
     def read_process(self, pid: int) -> ProcessInfo:
         return procfs.read_process(pid)
 
+    def process_name(self, pid: int) -> str:
+        return procfs.process_name(pid)
+
     def task_id(self, pid: int, tid: int | None = None) -> TaskId:
         return procfs.task_id(pid, tid)
 

@@ -85,6 +85,11 @@ def _parse_cgroup(text: str) -> dict[str, str]:
     return out
 
 
+def process_name(pid: int) -> str:
+    """The process's comm (one small read: what a rule on the parent's name needs)."""
+    return _read(_path(pid, None, "comm"), pid).decode(errors="replace").rstrip("\n")
+
+
 def read_process(pid: int) -> ProcessInfo:
     fields = _stat_fields(pid)
     ident = TaskId(pid, int(fields[19]))
@@ -92,7 +97,7 @@ def read_process(pid: int) -> ProcessInfo:
     flags = int(fields[6])
     num_threads = int(fields[17])
     policy = int(fields[38]) if len(fields) > 38 else 0
-    comm = _read(_path(pid, None, "comm"), pid).decode(errors="replace").rstrip("\n")
+    comm = process_name(pid)
     cmd_raw = _read(_path(pid, None, "cmdline"), pid, 1 << 16)
     cmdline = [a.decode(errors="replace") for a in cmd_raw.split(b"\0")[:-1]] if cmd_raw else []
     try:
