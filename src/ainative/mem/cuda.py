@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 CUDA_HOST_REGISTER_PORTABLE = 1
 
@@ -107,24 +107,35 @@ def _via_libcudart() -> CudaRuntime | None:
 _cache: dict[str, Any] = {}
 
 
+T = TypeVar("T")
+
+
+def _first_that_works(tries: list[tuple[str, Callable[[], T | None]]]) -> tuple[T | None, str,
+                                                                              list[str]]:
+    """The first library (torch, cupy, libcudart) that gives an answer, its name, and why
+    each one before it did not."""
+    why: list[str] = []
+    for name, attempt in tries:
+        try:
+            got = attempt()
+        except ImportError:
+            why.append(f"{name}: not installed")
+            continue
+        except Exception as e:
+            why.append(f"{name}: {e}")
+            continue
+        if got is not None:
+            return got, name, why
+        why.append(f"{name}: no CUDA device")
+    return None, "", why
+
+
 def find_runtime() -> tuple[CudaRuntime | None, str]:
     """The first CUDA runtime that works, or None and why not (cached)."""
     if "rt" in _cache:
         return _cache["rt"], _cache["why"]
-    why = []
-    rt: CudaRuntime | None = None
-    for probe in (_via_torch, _via_cupy, _via_libcudart):
-        try:
-            rt = probe()
-        except ImportError:
-            why.append(f"{probe.__name__[5:]}: not installed")
-            continue
-        except Exception as e:
-            why.append(f"{probe.__name__[5:]}: {e}")
-            continue
-        if rt is not None:
-            break
-        why.append(f"{probe.__name__[5:]}: no CUDA device")
+    rt, _name, why = _first_that_works(
+        [("torch", _via_torch), ("cupy", _via_cupy), ("libcudart", _via_libcudart)])
     reason = f"registered through {rt.name}" if rt else "no CUDA runtime: " + "; ".join(why)
     _cache["rt"], _cache["why"] = rt, reason
     return rt, reason
@@ -191,18 +202,7 @@ def _h2d_libcudart(host: Any, repeats: int) -> float | None:
 def h2d_bandwidth(host: Any, repeats: int = 20) -> tuple[float | None, str]:
     """GB/s copying a contiguous NumPy array to GPU 0, through torch, cupy or libcudart,
     and which one; (None, why) when none of them can."""
-    why = []
-    for fn in (_h2d_torch, _h2d_cupy, _h2d_libcudart):
-        name = fn.__name__[5:]
-        try:
-            gbs = fn(host, repeats)
-        except ImportError:
-            why.append(f"{name}: not installed")
-            continue
-        except Exception as e:
-            why.append(f"{name}: {e}")
-            continue
-        if gbs is not None:
-            return gbs, name
-        why.append(f"{name}: no CUDA device")
-    return None, "; ".join(why)
+    gbs, name, why = _first_that_works(
+        [(fn.__name__[5:], lambda fn=fn: fn(host, repeats))  # type: ignore[misc]
+         for fn in (_h2d_torch, _h2d_cupy, _h2d_libcudart)])
+    return (gbs, name) if gbs is not None else (None, "; ".join(why))

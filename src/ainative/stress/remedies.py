@@ -8,8 +8,7 @@ import os
 import shutil
 import time
 
-from ainative.platform.linux.cgroups import read_file as _read
-from ainative.platform.linux.cgroups import write_file as _write
+from ainative.platform.linux.cgroups import read_file, write_file
 
 # Command prefixes that start the workload under a remedy.
 PREFIXES = {"nice": ["nice", "-n", "-10"], "chrt": ["chrt", "-f", "10"]}
@@ -44,11 +43,11 @@ class HogCgroup:
         try:
             if self.is_v2:
                 sc = os.path.join(self.root, "cgroup.subtree_control")
-                if "cpu" not in _read(sc).split():
-                    _write(sc, "+cpu")
+                if "cpu" not in read_file(sc).split():
+                    write_file(sc, "+cpu")
             os.makedirs(self.dir, exist_ok=True)
             self.knob = ("cpu.weight", "1") if self.is_v2 else ("cpu.shares", "2")
-            _write(os.path.join(self.dir, self.knob[0]), self.knob[1])
+            write_file(os.path.join(self.dir, self.knob[0]), self.knob[1])
         except OSError as e:
             self.remove()
             raise RemedyError(f"cannot set up the hog cgroup at {self.dir}: {e}") from e
@@ -58,7 +57,7 @@ class HogCgroup:
         moved = 0
         for pid in pids:
             try:
-                _write(os.path.join(self.dir, "cgroup.procs"), str(pid))
+                write_file(os.path.join(self.dir, "cgroup.procs"), str(pid))
                 moved += 1
             except ProcessLookupError:
                 continue
@@ -68,7 +67,7 @@ class HogCgroup:
 
     def members(self) -> list[int]:
         try:
-            return [int(p) for p in _read(os.path.join(self.dir, "cgroup.procs")).split()]
+            return [int(p) for p in read_file(os.path.join(self.dir, "cgroup.procs")).split()]
         except OSError:
             return []
 
@@ -78,7 +77,7 @@ class HogCgroup:
         while os.path.isdir(self.dir):
             for pid in self.members():
                 try:
-                    _write(os.path.join(self.root, "cgroup.procs"), str(pid))
+                    write_file(os.path.join(self.root, "cgroup.procs"), str(pid))
                 except OSError:
                     pass
             try:

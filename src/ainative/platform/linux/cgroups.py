@@ -134,8 +134,6 @@ def read_file(path: str) -> str:
         return fh.read().strip()
 
 
-_write, _read = write_file, read_file
-
 
 class CgroupManager:
     """Creates and owns ``<mount>/<root_name>.<group>`` in every hierarchy it needs.
@@ -228,8 +226,8 @@ class CgroupManager:
 
     def _enable_v2(self, h: Hierarchy, ctrl: str) -> None:
         sc = os.path.join(h.mount, "cgroup.subtree_control")
-        if ctrl not in _read(sc).split():
-            _write(sc, f"+{ctrl}")
+        if ctrl not in read_file(sc).split():
+            write_file(sc, f"+{ctrl}")
 
     def ensure_group(self, group: str, settings: CgroupSettings) -> dict[str, str]:
         """Create (or update) the group; return {hierarchy-key: absolute dir} it exists in."""
@@ -252,21 +250,21 @@ class CgroupManager:
     def _apply(self, h: Hierarchy, d: str, feature: str, s: CgroupSettings) -> None:
         if feature == "cpu_weight" and s.cpu_weight is not None:
             if h.is_v2:
-                _write(os.path.join(d, "cpu.weight"), str(max(1, min(10000, s.cpu_weight))))
+                write_file(os.path.join(d, "cpu.weight"), str(max(1, min(10000, s.cpu_weight))))
             else:
-                _write(os.path.join(d, "cpu.shares"), str(weight_to_shares(s.cpu_weight)))
+                write_file(os.path.join(d, "cpu.shares"), str(weight_to_shares(s.cpu_weight)))
         elif feature == "cpu_idle" and s.cpu_idle is not None:
             path = os.path.join(d, "cpu.idle")
             if os.path.exists(path):
-                _write(path, "1" if s.cpu_idle else "0")
+                write_file(path, "1" if s.cpu_idle else "0")
         elif feature == "cpuset" and s.cpuset_cpus is not None:
             if not h.is_v2:
                 # A v1 cpuset group takes no tasks until both cpus and mems are set.
-                mems = _read(os.path.join(h.mount, "cpuset.mems"))
-                _write(os.path.join(d, "cpuset.mems"), mems)
-            _write(os.path.join(d, "cpuset.cpus"), s.cpuset_cpus)
+                mems = read_file(os.path.join(h.mount, "cpuset.mems"))
+                write_file(os.path.join(d, "cpuset.mems"), mems)
+            write_file(os.path.join(d, "cpuset.cpus"), s.cpuset_cpus)
         elif feature == "memory_low" and s.memory_low is not None:
-            _write(os.path.join(d, "memory.low"), str(s.memory_low))
+            write_file(os.path.join(d, "memory.low"), str(s.memory_low))
 
     def current(self, pid: int) -> dict[str, str]:
         """{hierarchy-key: cgroup path relative to its mount} for the hierarchies we manage."""
@@ -294,7 +292,7 @@ class CgroupManager:
         if not os.path.isdir(d):
             d = h.mount  # the group is gone: the hierarchy's root is the safe place
         try:
-            _write(os.path.join(d, "cgroup.procs"), str(pid))
+            write_file(os.path.join(d, "cgroup.procs"), str(pid))
         except OSError as e:
             if e.errno == errno.ESRCH:
                 raise ProcessGone(f"process {pid} has exited") from e
@@ -322,7 +320,7 @@ class CgroupManager:
         out: set[int] = set()
         for h in self._managed():
             try:
-                text = _read(os.path.join(self.group_dir(h, group), "cgroup.procs"))
+                text = read_file(os.path.join(self.group_dir(h, group), "cgroup.procs"))
             except OSError:
                 continue
             out.update(int(p) for p in text.split())
