@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,9 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
     from ainative.stress.report import errors, write_report
     from ainative.stress.runner import WorkloadConfig
 
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it so;
+    # `kill -INT` must still end the run early with its summary, as documented.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     dur = parse_duration(duration)
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
     bad = [s for s in chosen if s not in SCENARIOS]

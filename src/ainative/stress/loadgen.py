@@ -106,6 +106,11 @@ class OpenLoop:
         summarise(new_histogram())
         self.completed = self.late = self.dropped = self.errors = 0
         self.run_queue_wait_ns = 0
+        # Set by the last worker to finish. The main thread waits on this rather than on
+        # Thread.join: a join interrupted by Ctrl-C can leave Python believing a thread has
+        # ended while it still records, and the summary then races it.
+        self._all_done = threading.Event()
+        self._running = 0
         self.first_error: str | None = None
         self.t0 = 0.0
 
@@ -125,6 +130,9 @@ class OpenLoop:
             waited = thread_run_queue_wait_ns() - wait0
             with self._lock:
                 self.run_queue_wait_ns += waited
+                self._running -= 1
+                if self._running == 0:
+                    self._all_done.set()
 
     def _work(self, end: float) -> None:
         cfg = self.cfg
@@ -170,15 +178,14 @@ class OpenLoop:
         end = self.t0 + self.cfg.duration
         threads = [threading.Thread(target=self._worker, args=(end,), daemon=True,
                                     name=f"load-{k}") for k in range(self.cfg.workers)]
+        self._running = len(threads)
         for t in threads:
             t.start()
         interrupted = False
         last_t, last_n = self.t0, 0
         try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=max(0.01, min(tick_s, end - self.clock() + 0.05)))
-                    break
+            while not self._all_done.wait(
+                    timeout=max(0.01, min(tick_s, end - self.clock() + 0.05))):
                 now = self.clock()
                 if on_tick is not None and now - last_t >= tick_s:
                     with self._lock:
@@ -191,8 +198,7 @@ class OpenLoop:
         except KeyboardInterrupt:
             interrupted = True
             self.stop.set()
-            for t in threads:
-                t.join(timeout=30)
+            self._all_done.wait(timeout=30)
         interrupted = interrupted or (self.stop.is_set() and self.clock() < end)
         elapsed = min(self.clock(), end) - self.t0
         scheduled = min(self._next, int(self.cfg.duration * self.cfg.rate))
