@@ -184,3 +184,18 @@ def test_bad_sizes_and_durations_are_usage_errors() -> None:
         r = subprocess.run([*AINATIVE, "stress", *args], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigint_works_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    # What a shell does to a background job (`ainative stress ... &`): kill -INT must still
+    # end the run with its summary, and the summary must not race the load workers.
+    p = subprocess.Popen([*AINATIVE, "stress", "--model", "mlp-small", "--rate", "200",
+                          "--duration", "60s", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    run = json.loads(out)["scenarios"]["run"]
+    assert run["interrupted"] is True and 0 < run["completed"] < 200 * 60
