@@ -110,17 +110,29 @@ class Classifier:
             c.libs, c.basenames, c.checked_at, c.checks = found, bases, now, c.checks + 1
         return c
 
-    def _due(self, c: _LibCache, now: float) -> bool:
+    @staticmethod
+    def _due_at(c: _LibCache) -> float | None:
+        """When the next look at the mapped files is due; None once a runtime was found
+        (a runtime once mapped stays the answer for this identity)."""
         if c.libs:
-            return False  # a runtime once mapped stays the answer for this identity
+            return None
         age = c.checked_at - c.first_seen
         nxt = next((t for t in LIBRARY_RECHECK if t > age + 1e-9), None)
-        due_at = c.first_seen + nxt if nxt is not None else c.checked_at + LIBRARY_RECHECK_STEADY
-        return now >= due_at
+        return c.first_seen + nxt if nxt is not None else c.checked_at + LIBRARY_RECHECK_STEADY
+
+    def _due(self, c: _LibCache, now: float) -> bool:
+        due_at = self._due_at(c)
+        return due_at is not None and now >= due_at
 
     def library_recheck_due(self, ident: TaskId) -> bool:
         c = self._libs.get(ident)
         return c is None or self._due(c, self.clock())
+
+    def next_library_check(self, ident: TaskId) -> float | None:
+        """Clock time of the next recheck for a process looked at before; None when none
+        is coming (never looked at, or a runtime is already mapped)."""
+        c = self._libs.get(ident)
+        return None if c is None else self._due_at(c)
 
     def forget(self, ident: TaskId) -> None:
         self._libs.pop(ident, None)

@@ -332,21 +332,11 @@ class Daemon:
             self._schedule(info.ident)
             return
         self.engine.manage(d, inherited=parent if parent_pid is not None else None)
-        if d.cls != self.rules.library_class:
-            # A library signature may still arrive and never changes a rule's verdict;
-            # nothing more to watch for.
-            pass
 
     def _schedule(self, ident: TaskId) -> None:
-        c = self.classifier._libs.get(ident)
-        if c is None or c.libs:
-            return
-        from ainative.core.classifier import LIBRARY_RECHECK, LIBRARY_RECHECK_STEADY
-
-        age = c.checked_at - c.first_seen
-        nxt = next((t for t in LIBRARY_RECHECK if t > age + 1e-9), None)
-        due = c.first_seen + nxt if nxt is not None else c.checked_at + LIBRARY_RECHECK_STEADY
-        heapq.heappush(self._timers, (due, ident.pid, ident))
+        due = self.classifier.next_library_check(ident)
+        if due is not None:
+            heapq.heappush(self._timers, (due, ident.pid, ident))
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -673,12 +663,9 @@ class Daemon:
         except Exception as e:
             log.error("restore_on_stop_failed", error=str(e))
         try:
-            from ainative.platform.linux.backend import LinuxBackend
-
-            if isinstance(self.backend, LinuxBackend) and self.backend._cg is not None:
-                self.backend._cg.remove_all()
+            self.backend.cleanup()
         except Exception as e:
-            log.warn("cgroup_cleanup_failed", error=str(e))
+            log.warn("cleanup_failed", error=str(e))
         for fd in list(self.conns):
             self._drop(fd)
         if self.listener is not None:

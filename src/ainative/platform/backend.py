@@ -40,6 +40,10 @@ class Backend(Protocol):
         """Where cgroup_prepare would put a class's group (no side effects: for dry runs)."""
         ...
 
+    def cleanup(self) -> None:
+        """Remove what the backend created for itself (empty cgroups) after a restore."""
+        ...
+
     def rt_throttled(self) -> bool:
         """True when the kernel throttles realtime tasks (so FIFO/RR cannot starve it)."""
         ...

@@ -100,6 +100,10 @@ class LinuxBackend:
     def cgroup_path(self, group: str) -> str:
         return group_path(self.cgroup_root, group)
 
+    def cleanup(self) -> None:
+        if self._cg is not None:
+            self._cg.remove_all()
+
     def rt_throttled(self) -> bool:
         try:
             with open("/proc/sys/kernel/sched_rt_runtime_us") as fh:
