@@ -42,6 +42,14 @@ def cgroup_settings(cls: ClassPolicy) -> dict[str, Any]:
             "memory_low": cls.memory_low}
 
 
+def comparable(cur: Any, ref: Any) -> Any:
+    """A read-back value in the shape of the one it is compared with. A cgroup value lists
+    every managed hierarchy, but a target or journal entry only those a class uses."""
+    if isinstance(cur, dict) and isinstance(ref, dict):
+        return {k: cur.get(k, "/") for k in ref}
+    return cur
+
+
 def describe(knob: str, value: Any) -> str:
     if knob == "policy" and isinstance(value, list):
         name = POLICY_NAMES.get(int(value[0]), str(value[0]))
@@ -287,7 +295,7 @@ class Engine:
             target = m.targets["cgroup"]
             try:
                 cur = self.backend.get_knob(m.ident.pid, "cgroup")
-                cur = {k: cur.get(k, "/") for k in target} if isinstance(cur, dict) else cur
+                cur = comparable(cur, target)
                 m.baseline.setdefault("cgroup", cur)
                 if cur != target:
                     batch.append((m.ident, m.ident, "cgroup", cur, target))
@@ -343,7 +351,7 @@ class Engine:
             if "cgroup" in parent.targets and "cgroup" in parent.baseline:
                 cur = self.backend.get_knob(pid, "cgroup")
                 target = parent.targets["cgroup"]
-                if isinstance(cur, dict) and {k: cur.get(k, "/") for k in target} == target:
+                if comparable(cur, target) == target:
                     self.backend.set_knob(pid, "cgroup", parent.baseline["cgroup"])
                     n += 1
         except (ProcessGone, PermissionError, OSError, ValueError):
@@ -401,8 +409,7 @@ class Engine:
                 continue
             except (PermissionError, OSError):
                 continue
-            if knob == "cgroup" and isinstance(cur, dict):
-                cur = {k: cur.get(k, "/") for k in c.new}
+            cur = comparable(cur, c.new)
             if cur != c.new:
                 what = f"thread {tid}: {describe(knob, c.new)} -> {describe(knob, cur)}"
                 m.overridden[knob] = what
@@ -445,8 +452,7 @@ class Engine:
                 if cur_id != c.task:
                     raise ProcessGone(tid)
                 cur = self.backend.get_knob(tid, c.knob)
-                if c.knob == "cgroup" and isinstance(cur, dict):
-                    cur = {k: cur.get(k, "/") for k in c.new}
+                cur = comparable(cur, c.new)
                 if cur != c.new:
                     rep.skipped_changed += 1
                     rep.details.append(f"pid {c.proc.pid} tid {tid} {c.knob}: now "
