@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 
-from ainative.daemon.client import Client, DaemonError
+from ainative.ipc.client import Client, DaemonError
 
 
 class BenchDaemon:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ainative.daemon.client import Client, DaemonError
+from ainative.ipc.client import Client, DaemonError
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="changes priorities and cgroups: needs root")

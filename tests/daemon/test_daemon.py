@@ -27,7 +27,7 @@ from daemon_helpers import (
     thread_ids,
 )
 
-from ainative.daemon.client import Client, DaemonError
+from ainative.ipc.client import Client, DaemonError
 
 pytestmark = needs_root
 
@@ -276,7 +276,7 @@ def test_unprivileged_caller_may_read_but_not_touch_others(
     d = start_daemon(sock=str(sockdir / "s.sock"))
     script = (
         "import os, sys, json\n"
-        "from ainative.daemon.client import Client, DaemonError\n"
+        "from ainative.ipc.client import Client, DaemonError\n"
         "os.setgid(65534); os.setuid(65534)\n"
         f"c = Client({d.sock!r})\n"
         "out = {'status': 'tasks' in c.status()}\n"

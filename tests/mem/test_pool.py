@@ -102,7 +102,7 @@ def test_threads_fill_their_own_buffers() -> None:
 
 UNPRIV = """
 import json, os, resource
-import ainative.mem.pool, ainative.mem.cuda, ainative.daemon.client, numpy
+import ainative.mem.pool, ainative.mem.cuda, ainative.ipc.client, numpy
 from ainative.mem import MemlockError, PinnedPool
 ainative.mem.cuda.find_runtime()
 # Everything imported first: the interpreter's files may not be readable by nobody.

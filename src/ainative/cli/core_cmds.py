@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ainative.daemon.client import Client, DaemonError, default_socket_path
+from ainative.ipc.client import Client, DaemonError, default_socket_path
 
 socket_option = click.option(
     "--socket", "socket_path", default=None, metavar="PATH",

@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from ainative.daemon.client import Client, DaemonError
+from ainative.ipc.client import Client, DaemonError
 
 # A real inference loop: a small MLP built in code, run continuously.
 INFERENCE_CHILD = r"""

@@ -25,7 +25,7 @@ from ainative.core.classifier import Classifier, Decision
 from ainative.core.engine import Engine, Managed, describe
 from ainative.core.journal import Journal
 from ainative.core.rules import DEFAULT_RULES_DIR, RuleSet, load_rules
-from ainative.daemon.protocol import (
+from ainative.ipc.protocol import (
     MAX_REQUEST,
     Peer,
     RequestError,

@@ -222,7 +222,7 @@ class PinnedPool:
         self._send(self.stats())
 
     def _send(self, stats: dict[str, Any]) -> None:
-        from ainative.daemon.client import report_pool
+        from ainative.ipc.client import report_pool
 
         report_pool(stats)
 

@@ -72,13 +72,13 @@ class DaemonRun:
                  # its own cgroup subtree: a system-wide ainative may be running too
                  "--cgroup-root", f"ainative-stress-{os.getpid()}"],
                 stdout=log, stderr=subprocess.STDOUT)
-        from ainative.daemon.client import Client
+        from ainative.ipc.client import Client
 
         self.client = Client(self.sock, timeout=5)
 
     def wait_ready(self) -> None:
         """Until it answers; it finds the scope's processes started before that itself."""
-        from ainative.daemon.client import DaemonError
+        from ainative.ipc.client import DaemonError
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -103,7 +103,7 @@ class DaemonRun:
                      ) -> dict[str, Any]:
         """Until the workload is managed as inference and every hog as background (what
         `ainative status --json` shows); the measurement is worthless without the first."""
-        from ainative.daemon.client import DaemonError
+        from ainative.ipc.client import DaemonError
 
         deadline = time.monotonic() + timeout
         tasks: dict[int, dict[str, Any]] = {}
