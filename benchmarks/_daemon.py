@@ -1,39 +1,29 @@
-"""Start and stop a daemon for a benchmark (shared by the daemon benchmarks)."""
+"""Start and stop a daemon for a benchmark (shared by the daemon benchmarks), through
+the one launcher of private daemons (ainative.ipc.launcher)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import time
 
-from ainative.ipc.client import Client, DaemonError
+from ainative.ipc.launcher import LaunchError, ScopedDaemon
 
 
 class BenchDaemon:
-    def __init__(self, *args: str, rules_text: str | None = None) -> None:
+    def __init__(self, *args: str, rules_text: str | None = None,
+                 scope_pid: int | None = None, shared_socket: bool = True) -> None:
         self.tmp = tempfile.mkdtemp(prefix="ainative-bench-")
-        self.sock = os.path.join(self.tmp, "s.sock")
-        argv = [sys.executable, "-m", "ainative", "daemon", "--socket", self.sock,
-                "--state-dir", os.path.join(self.tmp, "state"), "--rules-dir", "",
-                "--cgroup-root", f"ainative-bench-{os.getpid()}", *args]
-        if rules_text:
-            path = os.path.join(self.tmp, "rules.toml")
-            with open(path, "w") as fh:
-                fh.write(rules_text)
-            argv += ["--rules", path]
-        self.log = open(os.path.join(self.tmp, "daemon.log"), "w")
-        self.proc = subprocess.Popen(argv, stderr=self.log, stdout=subprocess.DEVNULL)
-        end = time.monotonic() + 20
-        while True:
-            try:
-                Client(self.sock).request("ping")
-                break
-            except DaemonError:
-                if self.proc.poll() is not None or time.monotonic() > end:
-                    raise SystemExit(f"daemon did not start; log in {self.log.name}") from None
-                time.sleep(0.05)
+        os.chmod(self.tmp, 0o755)  # other users' benchmarks reach the socket below it
+        self.daemon = ScopedDaemon(self.tmp, scope_pid=scope_pid, rules_text=rules_text,
+                                   cgroup_root=f"ainative-bench-{os.getpid()}",
+                                   extra_args=args, shared_socket=shared_socket)
+        self.sock = self.daemon.sock
+        try:
+            self.daemon.start()
+        except LaunchError as e:
+            raise SystemExit(f"{e}; log in {self.daemon.log_path}") from None
+        assert self.daemon.proc is not None
+        self.proc = self.daemon.proc
 
     def cpu_seconds(self) -> float:
         with open(f"/proc/{self.proc.pid}/stat") as fh:
@@ -48,5 +38,4 @@ class BenchDaemon:
         return 0.0
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.daemon.close()

@@ -44,7 +44,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="ainb-")
     target = os.path.join(tmp, "ainb-target")
     os.symlink(shutil.which("sleep") or "/bin/sleep", target)
-    d = BenchDaemon("--scope-descendants", str(os.getpid()), "--no-cgroups", rules_text=RULES)
+    d = BenchDaemon("--no-cgroups", rules_text=RULES, scope_pid=os.getpid())
     lat: list[float] = []
     missed = 0
     try:

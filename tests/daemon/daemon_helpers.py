@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from ainative.ipc.client import Client, DaemonError
+from ainative.ipc.launcher import LaunchError, ScopedDaemon
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="changes priorities and cgroups: needs root")
@@ -146,7 +147,7 @@ def children() -> Iterator[Children]:
 
 @dataclass
 class DaemonProc:
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     sock: str
     state_dir: str
     log_path: str
@@ -192,48 +193,30 @@ class DaemonProc:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
-    started: list[DaemonProc] = []
+    started: list[ScopedDaemon] = []
 
     def start(*extra: str, scope: int | None = None, state: str = "state",
               rules_text: str | None = None, wait: bool = True,
               sock: str | None = None) -> DaemonProc:
-        sock = sock or str(tmp_path / f"d{len(started)}.sock")
-        log_path = str(tmp_path / f"daemon{len(started)}.log")
+        n = len(started)
         cg_root = f"ainative-test-{os.getpid()}"
-        args = [sys.executable, "-m", "ainative", "daemon", "--socket", sock,
-                "--state-dir", str(tmp_path / state), "--rules-dir", "",
-                "--scope-descendants", str(scope or os.getpid()), "--cgroup-root", cg_root,
-                "--reconcile-interval", "0.2", *extra]
-        if rules_text is not None:
-            rp = tmp_path / f"rules{len(started)}.toml"
-            rp.write_text(rules_text)
-            args += ["--rules", str(rp)]
-        proc = subprocess.Popen(args, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL,
-                                text=True)
-        d = DaemonProc(proc, sock, str(tmp_path / state), log_path, cg_root)
-        started.append(d)
-        if wait:
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                if proc.poll() is not None:
-                    break
-                try:
-                    d.client.request("ping")
-                    break
-                except DaemonError:
-                    time.sleep(0.05)
-            else:
-                raise AssertionError("daemon did not answer in 15 s")
-        return d
+        sd = ScopedDaemon(str(tmp_path), scope_pid=scope or os.getpid(), cgroup_root=cg_root,
+                          rules_text=rules_text, rules_file=str(tmp_path / f"rules{n}.toml"),
+                          extra_args=("--reconcile-interval", "0.2", *extra),
+                          state_dir=str(tmp_path / state),
+                          socket_path=sock or str(tmp_path / f"d{n}.sock"),
+                          log_path=str(tmp_path / f"daemon{n}.log"))
+        started.append(sd)
+        try:
+            sd.start(wait=wait, timeout=15)
+        except LaunchError as e:
+            raise AssertionError(str(e)) from None
+        assert sd.proc is not None
+        return DaemonProc(sd.proc, sd.sock, sd.state_dir, sd.log_path, cg_root)
 
     yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.terminate()
-            try:
-                d.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                d.proc.kill()
+    for sd in started:
+        sd.close()
     # Remove any test cgroups left by a failed test (rmdir fails while processes remain).
     for base in [Path("/sys/fs/cgroup"), *Path("/sys/fs/cgroup").glob("*")]:
         for group in base.glob(f"ainative-test-{os.getpid()}*.*"):

@@ -143,3 +143,61 @@ def test_list_and_iter_agree() -> None:
     seen = {i.pid for i in procfs.iter_processes()}
     assert os.getpid() in seen
     assert seen <= set(procfs.list_pids()) | set(pids)
+
+
+# --- the parsers, on text a process could make hostile ---
+
+
+def test_parse_stat_takes_comm_up_to_the_last_parenthesis() -> None:
+    tail = " ".join(str(i) for i in range(4, 53))  # fields 4..52 hold their own number
+    st = procfs.parse_stat(f"42 (a) (b) 7 8 9) R {tail}")
+    assert st.comm == "a) (b) 7 8 9" and st.state == "R"
+    assert (st.ppid, st.flags, st.utime, st.start_time, st.policy) == (4, 9, 14, 22, 41)
+    raw = open(f"/proc/{os.getpid()}/stat").read()
+    mine = procfs.parse_stat(raw)
+    assert mine.ppid == os.getppid() and mine.start_time == procfs.task_id(os.getpid()).start_time
+    for bad in ("", "42 no comm here", "42 (x) R 1 2"):
+        with pytest.raises(ValueError):
+            procfs.parse_stat(bad)
+
+
+def test_parse_status_schedstat_statm_uid_map() -> None:
+    st = procfs.parse_status("Name:\tpython\nUid:\t1000\t1000\t1000\t1000\nNSpid:\t7\t1\n"
+                             "garbage line\nCapEff:\t0000000000800000\n")
+    assert st["NSpid"].split() == ["7", "1"] and procfs.status_uid(st) == 1000
+    assert procfs.cap_effective(23, st) and not procfs.cap_effective(14, st)
+    assert procfs.status_uid({}) == -1
+    assert procfs.parse_schedstat("123 456 7\n") == (123, 456, 7)
+    with pytest.raises(ValueError):
+        procfs.parse_schedstat("1 2")
+    assert procfs.parse_statm("100 20 3 4 0 5 0\n") == (100, 20)
+    assert procfs.parse_uid_map("         0          0 4294967295\n") == [(0, 0, 4294967295)]
+    assert procfs.parse_uid_map("0 1000 1\n1 100000 65536\n") == [(0, 1000, 1),
+                                                                  (1, 100000, 65536)]
+    assert procfs.parse_cgroup("12:cpu,cpuacct:/a\n0::/b\n1:name=systemd:/c\nbad\n") == {
+        "cpu,cpuacct": "/a", "0": "/b", "name=systemd": "/c"}
+    assert procfs.parse_maps(b"7f-8f r-xp 0 08:01 5 /lib/x.so\n7f-8f r--p 0 0 0 [heap]\n"
+                             b"7f-8f rw-p 0 08:01 6 /tmp/a b (deleted)\n7f rw 0 0 0 /lib/x.so"
+                             ) == ["/lib/x.so", "/tmp/a b"]
+    assert procfs.parse_environ(b"A=1\0AINATIVE_CLASS=x=y\0", "AINATIVE_CLASS") == "x=y"
+    assert procfs.parse_environ(b"XAINATIVE_CLASS=1\0", "AINATIVE_CLASS") is None
+
+
+def test_schedstat_and_rss_of_real_processes() -> None:
+    run, wait, slices = procfs.read_schedstat(os.getpid())
+    assert run > 0 and wait >= 0 and slices > 0
+    tid = threading_native_id()
+    assert procfs.read_schedstat(os.getpid(), tid)[0] > 0
+    assert abs(procfs.rss_bytes(os.getpid()) - psutil.Process().memory_info().rss) < 8 << 20
+    p = subprocess.Popen(["true"])
+    p.wait()
+    for fn in (procfs.read_schedstat, procfs.rss_bytes, procfs.read_stat, procfs.read_status,
+               procfs.read_cgroup):
+        with pytest.raises(ProcessGone):
+            fn(p.pid)  # type: ignore[operator]
+
+
+def threading_native_id() -> int:
+    import threading
+
+    return threading.get_native_id()

@@ -43,6 +43,12 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
 @click.option("--no-cgroups", is_flag=True, help="Do not use cgroups.")
 @click.option("--cgroup-root", default="ainative", show_default=True,
               help="Name of ainative's own cgroup subtree.")
+@click.option("--socket-mode", default="0666", show_default=True,
+              help="Permissions of the control socket (octal); who may do what is still "
+                   "checked per request from the caller's credentials.")
+@click.option("--socket-group", default=None, metavar="GROUP",
+              help="Group owning the control socket (with --socket-mode 0660: only its "
+                   "members and root may connect).")
 @click.option("--reconcile-interval", default=1.0, show_default=True,
               help="Seconds between checks for new threads and manual changes.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
@@ -51,15 +57,24 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
               default="info", show_default=True)
 def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: str | None,
            scope: int | None, dry_run: bool, no_cgroups: bool, cgroup_root: str,
-           reconcile_interval: float, log_format: str, log_level: str) -> None:
+           socket_mode: str, socket_group: str | None, reconcile_interval: float,
+           log_format: str, log_level: str) -> None:
     """Run the daemon in the foreground. SIGTERM/SIGINT undo every change and exit."""
     from ainative import log
     from ainative.daemon.server import Daemon, DaemonConfig, StartupError
 
     log.setup(log_format, log_level)
+    try:
+        mode = int(socket_mode, 8)
+        if not 0 <= mode <= 0o777:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{socket_mode!r} is not an octal mode like 0660",
+                                 param_hint="--socket-mode") from None
     cfg = DaemonConfig(
         rules=list(rules), rules_dir=rules_dir or None, state_dir=state_dir,
-        socket_path=socket_path or default_socket_path(), scope_pid=scope, dry_run=dry_run,
+        socket_path=socket_path or default_socket_path(), socket_mode=mode,
+        socket_group=socket_group, scope_pid=scope, dry_run=dry_run,
         reconcile_interval=reconcile_interval, cgroup_root=cgroup_root, cgroups=not no_cgroups,
     )
     try:
@@ -115,26 +130,31 @@ def register(pid: int, cls: str, socket_path: str | None) -> None:
 
 @click.command()
 @socket_option
-@click.option("--state-dir", default="/var/lib/ainative", show_default=True,
-              help="Used when no daemon answers: undo what a dead daemon left in force.")
-def restore(socket_path: str | None, state_dir: str) -> None:
+@click.option("--state-dir", default=None, metavar="DIR",
+              help="Used when no daemon answers: the dead daemon's state dir (default: the "
+                   "one its socket's pointer names, else /var/lib/ainative).")
+def restore(socket_path: str | None, state_dir: str | None) -> None:
     """Undo every change ainative made (the daemon then pauses until `ainative resume`)."""
+    path = socket_path or default_socket_path()
     try:
-        r = _client(socket_path).request("restore")
+        r = _client(path).request("restore")
         how = "daemon"
     except DaemonError as e:
         if "cannot reach" not in str(e):
             raise click.ClickException(str(e)) from e
-        from ainative.daemon.server import StartupError, offline_restore
+        from ainative.daemon.restore import find_state_dir, offline_restore
+        from ainative.daemon.server import StartupError
 
         try:
-            r = offline_restore(state_dir)
+            found = find_state_dir(path, state_dir)
+            r = offline_restore(found.state_dir)
         except StartupError as e2:
             raise click.ClickException(str(e2)) from e2
-        how = f"journal in {state_dir} (no daemon running)"
+        how = f"journal in {found.state_dir}, found from {found.how} (no daemon running)"
     click.echo(f"restored via {how}: {r['undone']} undone, {r['skipped_gone']} skipped "
                f"(process gone), {r['skipped_changed']} left (changed by someone else since), "
-               f"{r['failed']} failed")
+               f"{r['failed']} failed, {r.get('inherited', 0)} inherited values put back"
+               + (f", {r['unusable']} journal records unusable" if r.get("unusable") else ""))
     for line in r.get("details", []):
         click.echo(f"  {line}")
 

@@ -7,7 +7,6 @@ libraries, the knobs applied to every thread, and every value back as it was on 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import time
 from typing import Any
 
 from ainative.ipc.client import Client, DaemonError
+from ainative.ipc.launcher import LaunchError, ScopedDaemon
 
 # A real inference loop: a small MLP built in code, run continuously.
 INFERENCE_CHILD = r"""
@@ -71,27 +71,27 @@ def run_demo(seconds: float) -> int:
               file=sys.stderr)
         return 2
     tmp = tempfile.mkdtemp(prefix="ainative-demo-")
-    sock = os.path.join(tmp, "ainative.sock")
     life = seconds + 20
     child = subprocess.Popen([sys.executable, "-c", INFERENCE_CHILD, str(life)],
                              stdout=subprocess.PIPE, text=True)
-    daemon: subprocess.Popen[str] | None = None
+    daemon = ScopedDaemon(tmp, scope_pid=os.getpid(), log_format="text",
+                          cgroup_root=f"ainative-demo-{os.getpid()}")
     try:
         assert child.stdout is not None
         child.stdout.readline()
         before = _nice_of_threads(child.pid)
         print(f"launched an ONNX Runtime inference process: pid {child.pid}, "
               f"{len(before)} threads, nice {sorted(set(before.values()))}")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "ainative", "daemon", "--scope-descendants", str(os.getpid()),
-             "--state-dir", os.path.join(tmp, "state"), "--socket", sock, "--rules-dir", "",
-             "--log-format", "text", "--cgroup-root", f"ainative-demo-{os.getpid()}"],
-            stderr=open(os.path.join(tmp, "daemon.log"), "w"), text=True)
-        cl = Client(sock)
+        try:
+            daemon.start()
+        except LaunchError as e:
+            print(f"ainative demo: {e}", file=sys.stderr)
+            return 1
+        cl = daemon.client
         st = _wait_for(cl, child.pid, 15)
         if st is None:
             print("the daemon did not classify the process in 15 s; log:", file=sys.stderr)
-            print(open(os.path.join(tmp, "daemon.log")).read(), file=sys.stderr)
+            print(open(daemon.log_path).read(), file=sys.stderr)
             return 1
         from ainative.cli.views import render_explain, render_status
 
@@ -100,18 +100,15 @@ def run_demo(seconds: float) -> int:
         during = _nice_of_threads(child.pid)
         print(f"nice of every thread while managed: {sorted(set(during.values()))}")
         time.sleep(seconds)
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(15)
+        daemon.stop()
         after = _nice_of_threads(child.pid)
         same = all(after.get(t) == v for t, v in before.items() if t in after)
         print(f"daemon stopped; nice of every thread now: {sorted(set(after.values()))} "
               f"({'restored' if same else 'NOT restored'})")
-        print(f"daemon log: {os.path.join(tmp, 'daemon.log')}")
+        print(f"daemon log: {daemon.log_path}")
         return 0 if same else 1
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.terminate()
-            daemon.wait(15)
+        daemon.close()
         child.kill()
         child.wait()
 

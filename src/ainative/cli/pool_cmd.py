@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ainative.core.classes import parse_size
+from ainative.units import parse_size
 
 LOCK_CHOICES: dict[str, str | bool] = {"required": "required", "try": "try", "never": False}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -16,22 +15,16 @@ import click
 # Only names here: NumPy, ONNX and friends load when `stress` runs, not with every
 # ainative command.
 from ainative.stress.catalog import BUILTIN, DESCRIPTIONS, SCENARIOS
+from ainative.units import UnitError, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from ainative.stress.runner import WorkloadConfig
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, option: str = "--duration") -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
-    if not m:
-        raise click.BadParameter(f"{text!r}: use a number with s, m or h (30s, 10m, 24h)",
-                                 param_hint=option)
-    value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if value <= 0:
-        raise click.BadParameter("must be positive", param_hint=option)
-    return value
+def _duration(text: str, option: str = "--duration") -> float:
+    try:
+        return parse_duration(text, option)
+    except UnitError as e:
+        raise click.BadParameter(e.reason, param_hint=e.option) from None
 
 
 def _service_time(session: Any, feeds: dict[str, Any], budget_s: float = 0.3) -> float:
@@ -48,14 +41,12 @@ def _service_time(session: Any, feeds: dict[str, Any], budget_s: float = 0.3) ->
 def _warmup(text: str | None, compare: bool) -> float:
     if text is None:
         return 0.5 if compare else 1.0
-    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text, "--warmup")
+    return 0.0 if text.strip() in ("0", "0s") else _duration(text, "--warmup")
 
 
 def _pool_size(text: str | None) -> str | None:
     if text is None:
         return None
-    from ainative.core.classes import parse_size
-
     try:
         if parse_size(text) <= 0:
             raise ValueError
@@ -176,13 +167,13 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
     # A shell starts background jobs with SIGINT ignored, and Python then keeps it so;
     # `kill -INT` must still end the run early with its summary, as documented.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    dur = parse_duration(duration)
+    dur = _duration(duration)
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
     bad = [s for s in chosen if s not in SCENARIOS]
     if compare and (bad or not chosen):
         raise click.BadParameter(f"unknown scenario(s) {bad}; choose from "
                                  f"{', '.join(SCENARIOS)}", param_hint="--scenarios")
-    warmup_s, max_queue_s = _warmup(warmup, compare), parse_duration(max_queue, "--max-queue")
+    warmup_s, max_queue_s = _warmup(warmup, compare), _duration(max_queue, "--max-queue")
     pool_size = _pool_size(pool)
     tmp = tempfile.mkdtemp(prefix="ainative-stress-")
     keep_tmp = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +12,19 @@ from ainative.platform.base import (
     SCHED_FIFO,
     SCHED_RR,
 )
+from ainative.units import format_cpus, parse_cpus, parse_size
 
 
 class ConfigError(ValueError):
     """A rule or class definition is wrong; the message names file and line."""
+
+
+class BadClassKey(ValueError):
+    """One key of a class table has a bad value; ``key`` lets the caller find its line."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,13 @@ class ClassPolicy:
 
     @property
     def is_realtime(self) -> bool:
+        """A realtime CPU policy (fifo or rr)."""
         return self.policy in (SCHED_FIFO, SCHED_RR)
+
+    @property
+    def uses_rt_io(self) -> bool:
+        """The realtime I/O class (ioprio = "rt:N")."""
+        return self.ioprio is not None and self.ioprio[0] == IOPRIO_CLASS_BY_NAME["rt"]
 
     def knobs_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -78,55 +92,16 @@ def format_ioprio(v: tuple[int, int]) -> str:
 
 
 def parse_ioprio(text: str) -> tuple[int, int]:
+    """'be:4' -> (class, level); 'idle' -> idle class, level 7."""
     cls, _, level = text.partition(":")
     if cls not in IOPRIO_CLASS_BY_NAME or cls == "none":
         raise ValueError(f"ioprio class must be rt, be or idle, not {cls!r}")
+    if level and not (level.isascii() and level.isdigit() and len(level) <= 2):
+        raise ValueError(f"ioprio level must be 0..7, not {level!r}")
     lvl = int(level) if level else (0 if cls != "idle" else 7)
     if not 0 <= lvl <= 7:
         raise ValueError(f"ioprio level must be 0..7, not {lvl}")
     return IOPRIO_CLASS_BY_NAME[cls], lvl
-
-
-def parse_cpus(text: str) -> frozenset[int]:
-    """'0-3,6' -> {0,1,2,3,6}; 'all' -> every online CPU."""
-    if text.strip() == "all":
-        return frozenset(os.sched_getaffinity(0))
-    cpus: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi) if hi else int(lo)
-        if a < 0 or b < a:
-            raise ValueError(f"bad CPU range {part!r}")
-        cpus.update(range(a, b + 1))
-    if not cpus:
-        raise ValueError("empty CPU list")
-    return frozenset(cpus)
-
-
-def format_cpus(cpus: frozenset[int]) -> str:
-    out: list[str] = []
-    s = sorted(cpus)
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
-            j += 1
-        out.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
-def parse_size(v: int | str) -> int:
-    if isinstance(v, int):
-        return v
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = v.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
 
 
 _CLASS_KEYS = {
@@ -135,52 +110,78 @@ _CLASS_KEYS = {
 }
 
 
+def _int_in(val: Any, lo: int, hi: int) -> bool:
+    return isinstance(val, int) and not isinstance(val, bool) and lo <= val <= hi
+
+
+def _class_value(key: str, val: Any) -> Any:
+    """The ClassPolicy value for one table key, or ValueError saying what is wrong."""
+    if key == "nice":
+        if not _int_in(val, -20, 19):
+            raise ValueError(f"nice must be an integer -20..19, not {val!r}")
+        return val
+    if key == "policy":
+        if not isinstance(val, str) or val not in POLICY_BY_NAME:
+            raise ValueError(f"policy must be one of {sorted(POLICY_BY_NAME)}, not {val!r}")
+        return POLICY_BY_NAME[val]
+    if key == "rt_priority":
+        if not _int_in(val, 0, 99):
+            raise ValueError(f"rt_priority must be an integer 0..99, not {val!r}")
+        return val
+    if key == "ioprio":
+        if not isinstance(val, str):
+            raise ValueError(f"ioprio must be text like \"be:4\" or \"idle\", not {val!r}")
+        return parse_ioprio(val)
+    if key in ("affinity", "cpuset"):
+        if isinstance(val, bool) or not isinstance(val, str | int):
+            raise ValueError(f"{key} must be a CPU list like \"0-3,6\", not {val!r}")
+        cpus = parse_cpus(str(val))
+        return cpus if key == "affinity" else str(val)
+    if key in ("cgroup", "cpu_idle", "only_while_inference_active"):
+        if not isinstance(val, bool):
+            raise ValueError(f"{key} must be true or false, not {val!r}")
+        return val
+    if key == "cpu_weight":
+        if not _int_in(val, 1, 10000):
+            raise ValueError(f"cpu_weight must be an integer 1..10000, not {val!r}")
+        return val
+    if key == "memory_low":
+        try:
+            return parse_size(val)
+        except ValueError as e:
+            raise ValueError(f"memory_low: {e}") from None
+    if key == "rank":
+        if not _int_in(val, -1_000_000, 1_000_000):
+            raise ValueError(f"rank must be an integer, not {val!r}")
+        return val
+    if key == "description":
+        if not isinstance(val, str):
+            raise ValueError(f"description must be text, not {val!r}")
+        return val
+    raise ValueError(f"unknown key {key!r}")
+
+
 def class_from_table(name: str, t: dict[str, Any], base: ClassPolicy | None = None) -> ClassPolicy:
-    """Build a class from a TOML table, on top of ``base`` (an earlier definition)."""
+    """Build a class from a TOML table, on top of ``base`` (an earlier definition).
+
+    A bad value raises BadClassKey naming the key, so a caller can point at its line.
+    """
     unknown = set(t) - _CLASS_KEYS
     if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in class {name!r}")
+        raise BadClassKey(sorted(unknown)[0],
+                          f"unknown key(s) {sorted(unknown)} in class {name!r}; "
+                          f"allowed: {sorted(_CLASS_KEYS)}")
     kw: dict[str, Any] = {} if base is None else dict(base.__dict__)
     kw["name"] = name
     for key, val in t.items():
-        if key == "nice":
-            if not isinstance(val, int) or not -20 <= val <= 19:
-                raise ValueError(f"class {name!r}: nice must be an integer -20..19")
-            kw["nice"] = val
-        elif key == "policy":
-            if val not in POLICY_BY_NAME:
-                raise ValueError(
-                    f"class {name!r}: policy must be one of {sorted(POLICY_BY_NAME)}, not {val!r}"
-                )
-            kw["policy"] = POLICY_BY_NAME[val]
-        elif key == "rt_priority":
-            if not isinstance(val, int) or not 0 <= val <= 99:
-                raise ValueError(f"class {name!r}: rt_priority must be 0..99")
-            kw["rt_priority"] = val
-        elif key == "ioprio":
-            kw["ioprio"] = parse_ioprio(str(val))
-        elif key == "affinity":
-            kw["affinity"] = parse_cpus(str(val))
-        elif key in ("cgroup", "cpu_idle", "only_while_inference_active"):
-            if not isinstance(val, bool):
-                raise ValueError(f"class {name!r}: {key} must be true or false")
-            kw[key] = val
-        elif key == "cpu_weight":
-            if not isinstance(val, int) or not 1 <= val <= 10000:
-                raise ValueError(f"class {name!r}: cpu_weight must be 1..10000")
-            kw["cpu_weight"] = val
-        elif key == "cpuset":
-            parse_cpus(str(val))
-            kw["cpuset"] = str(val)
-        elif key == "memory_low":
-            kw["memory_low"] = parse_size(val)
-        elif key == "rank":
-            kw["rank"] = int(val)
-        else:
-            kw[key] = val
+        try:
+            kw[key] = _class_value(key, val)
+        except ValueError as e:
+            raise BadClassKey(key, f"class {name!r}: {e}") from None
     pol = ClassPolicy(**kw)
     if pol.is_realtime and pol.rt_priority == 0:
-        raise ValueError(f"class {name!r}: a realtime policy needs rt_priority 1..99")
+        raise BadClassKey("policy" if "policy" in t else "rt_priority",
+                          f"class {name!r}: a realtime policy needs rt_priority 1..99")
     return pol
 
 

@@ -4,6 +4,11 @@ Every signal is checked and reported (for `ainative explain`); the class comes f
 strongest signal that matched, in this order: explicit registration, the opt-in
 environment variable, rules (later files first), mapped AI libraries, the GPU's
 compute-process list.
+
+Registration and the environment variable are requests made by a process's owner, so
+both go through the same access policy (``[access]`` in the rule files): a user may ask
+only for what they could do to their own process, unless granted more. Rules, libraries
+and the GPU list are the administrator's policy and need no grant.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ainative.platform.backend import Backend
 from ainative.platform.base import SCHED_FIFO, SCHED_RR, ProcessGone, ProcessInfo, TaskId
 
 ENV_VAR = "AINATIVE_CLASS"
+MAX_ENV_VALUE = 64  # a class name; anything longer is not one
 # When to look again at a new process's mapped libraries (seconds after first sight):
 # runtimes are loaded by import/dlopen some time after exec, and re-reading every
 # process's maps on every pass would cost the daemon its idle budget.
@@ -46,6 +52,7 @@ class Decision:
     cls: str | None
     signals: list[Signal] = field(default_factory=list)
     excluded: str | None = None  # why the process is never touched
+    uid: int | None = None  # the process's owner (real uid)
 
     @property
     def matched_signals(self) -> list[Signal]:
@@ -57,6 +64,7 @@ class Decision:
             "start_time": self.ident.start_time,
             "name": self.name,
             "class": self.cls,
+            "uid": self.uid,
             "excluded": self.excluded,
             "signals": [s.to_json() for s in self.signals],
         }
@@ -88,7 +96,9 @@ class Classifier:
         self.scope_pid = scope_pid
         self.gpu_pids = gpu_pids
         self.clock = clock
-        self.registrations: dict[TaskId, str] = {}
+        # identity -> (class, uid of whoever registered it): the grant is checked again
+        # at every decision, so a reload that withdraws a grant withdraws the class.
+        self.registrations: dict[TaskId, tuple[str, int]] = {}
         self._libs: dict[TaskId, _LibCache] = {}
 
     # --- libraries, cached by identity so a PID reuse never inherits a stale answer ---
@@ -145,6 +155,13 @@ class Classifier:
         except ProcessGone:
             pass
 
+    def forget_exited(self, pid: int) -> None:
+        """Purge every table entry of an exited pid (its exit event), whatever its start
+        time: an exec storm must not grow the tables until the next full scan."""
+        for table in (self._libs, self.registrations):
+            for ident in [i for i in table if i.pid == pid]:
+                del table[ident]
+
     def forget_gone(self, alive: set[TaskId]) -> None:
         for ident in [i for i in self._libs if i not in alive]:
             del self._libs[ident]
@@ -176,15 +193,22 @@ class Classifier:
         """Decide the class of one process. Mapped files are re-read only when the
         backoff says a recheck is due; ``libraries=False`` never re-reads a cached answer
         (the cheap path taken on every event)."""
-        d = Decision(info.ident, info.comm, None)
+        d = Decision(info.ident, info.comm, None, uid=info.uid)
         d.excluded = self.exclusion(info, managed)
         if d.excluded:
             return d
 
         reg = self.registrations.get(info.ident)
-        d.signals.append(Signal("registration", reg is not None,
-                                f"registered through the socket as {reg}" if reg
-                                else "not registered", reg))
+        if reg is None:
+            d.signals.append(Signal("registration", False, "not registered"))
+        else:
+            reg_cls, reg_uid = reg
+            refused = self.refusal(reg_cls, reg_uid)
+            d.signals.append(Signal(
+                "registration", refused is None,
+                f"registered through the socket as {reg_cls} by uid {reg_uid}"
+                + (f"; refused: {refused}" if refused else ""),
+                reg_cls if refused is None else None))
 
         env_cls: str | None = None
         try:
@@ -192,14 +216,17 @@ class Classifier:
         except PermissionError:
             d.signals.append(Signal("env", False, f"{ENV_VAR}: environment not readable"))
         else:
-            if env_cls is not None and env_cls not in self.rules.classes:
-                d.signals.append(Signal("env", False,
-                                        f"{ENV_VAR}={env_cls!r} is not a known class"))
-                env_cls = None
+            if env_cls is None:
+                d.signals.append(Signal("env", False, f"{ENV_VAR} unset"))
+            elif len(env_cls) > MAX_ENV_VALUE or env_cls not in self.rules.classes:
+                d.signals.append(Signal("env", False, f"{ENV_VAR} is set to something that "
+                                        "is not a known class", None))
             else:
-                d.signals.append(Signal("env", env_cls is not None,
-                                        f"{ENV_VAR}={env_cls}" if env_cls else f"{ENV_VAR} unset",
-                                        env_cls))
+                refused = self.refusal(env_cls, info.uid)
+                d.signals.append(Signal(
+                    "env", refused is None,
+                    f"{ENV_VAR}={env_cls}" + (f"; refused: {refused}" if refused else ""),
+                    env_cls if refused is None else None))
 
         lib_cache: _LibCache | None = None
 
@@ -257,6 +284,13 @@ class Classifier:
                 d.cls = s.cls
                 break
         return d
+
+    def refusal(self, cls: str, uid: int) -> str | None:
+        """Why uid may not ask for cls (None when it may): the access policy's answer."""
+        policy = self.rules.classes.get(cls)
+        if policy is None:
+            return f"class {cls!r} is not defined"
+        return self.rules.access.check(policy, uid)
 
     def _lib_cache_for(self, ident: TaskId, refresh: bool) -> _LibCache | None:
         try:

@@ -3,8 +3,14 @@ threads, notices when a person changes a value after us, and undoes everything.
 
 Every change goes through the journal first (write-ahead), so it can be undone on stop,
 on request, and on the next start after a crash. An undo only writes a value back when
-the task is still the same one (pid and start time) and the value is still ours: it
-never clobbers what someone else set since.
+the task is still the same one (pid and start time, and for a live managed process a
+pidfd proving it has not exited, since start times tick only every 10 ms) and the value
+is still ours: it never clobbers what someone else set since.
+
+Children and threads inherit what ainative set on their creator. Those it manages itself
+are journaled with the creator's original values; those it does not are put back: on
+fork while the daemon runs, and on every restore (also after a crash) by walking the
+journaled processes' threads and descendants and the members of ainative's own groups.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ainative import log
-from ainative.core.classes import ClassPolicy, format_cpus
+from ainative.core.classes import ClassPolicy
 from ainative.core.classifier import Decision
 from ainative.core.journal import Change, Journal
-from ainative.platform.backend import THREAD_KNOBS, Backend
-from ainative.platform.base import POLICY_NAMES, ProcessGone, TaskId
+from ainative.core.knobs import THREAD_KNOBS, comparable, describe
+from ainative.platform.backend import Backend
+from ainative.platform.base import ProcessGone, TaskId
 
 INFERENCE = "inference"
 
@@ -42,27 +49,6 @@ def cgroup_settings(cls: ClassPolicy) -> dict[str, Any]:
             "memory_low": cls.memory_low}
 
 
-def comparable(cur: Any, ref: Any) -> Any:
-    """A read-back value in the shape of the one it is compared with. A cgroup value lists
-    every managed hierarchy, but a target or journal entry only those a class uses."""
-    if isinstance(cur, dict) and isinstance(ref, dict):
-        return {k: cur.get(k, "/") for k in ref}
-    return cur
-
-
-def describe(knob: str, value: Any) -> str:
-    if knob == "policy" and isinstance(value, list):
-        name = POLICY_NAMES.get(int(value[0]), str(value[0]))
-        return f"{name}:{value[1]}" if value[1] else name
-    if knob == "ioprio" and isinstance(value, list):
-        return f"{['none', 'rt', 'be', 'idle'][int(value[0])]}:{value[1]}"
-    if knob == "affinity" and isinstance(value, list):
-        return format_cpus(frozenset(value))
-    if knob == "cgroup" and isinstance(value, dict):
-        return ",".join(sorted(set(value.values())))
-    return str(value)
-
-
 @dataclass
 class Managed:
     """A process ainative decided on, and what it did to it."""
@@ -79,6 +65,8 @@ class Managed:
     owned: dict[tuple[int, str], Change] = field(default_factory=dict)  # (tid, knob) -> change
     overridden: dict[str, str] = field(default_factory=dict)  # knob -> what the person did
     errors: dict[str, str] = field(default_factory=dict)  # knob -> why it was not applied
+    policy: ClassPolicy | None = None  # the class as it was when targets were computed
+    pin: int | None = None  # a pidfd proving the process has not exited (None: unsupported)
 
     def applied_summary(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -96,18 +84,20 @@ class UndoReport:
     skipped_gone: int = 0
     skipped_changed: int = 0
     failed: int = 0
+    inherited: int = 0  # values put back on children/threads that inherited them
     details: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"undone": self.undone, "skipped_gone": self.skipped_gone,
                 "skipped_changed": self.skipped_changed, "failed": self.failed,
-                "details": self.details[-200:]}
+                "inherited": self.inherited, "details": self.details[-200:]}
 
     def add(self, other: UndoReport) -> None:
         self.undone += other.undone
         self.skipped_gone += other.skipped_gone
         self.skipped_changed += other.skipped_changed
         self.failed += other.failed
+        self.inherited += other.inherited
         self.details.extend(other.details)
 
 
@@ -132,6 +122,7 @@ class Engine:
         self.paused = False
         self._cgroup_paths: dict[str, dict[str, str]] = {}
         self._cgroup_error: dict[str, str] = {}
+        self._prepared: dict[str, ClassPolicy] = {}  # the class each group was set up for
 
     # --- deciding ---
 
@@ -152,7 +143,12 @@ class Engine:
             return m
         if m is not None:
             self.unmanage(decision.ident, f"class changed {m.cls} -> {decision.cls}")
-        m = Managed(decision.ident, decision.name, decision.cls, decision, since=self.clock())
+        try:
+            pin = self.backend.pin(decision.ident)
+        except ProcessGone:
+            return None
+        m = Managed(decision.ident, decision.name, decision.cls, decision, since=self.clock(),
+                    policy=cls, pin=pin)
         m.targets = thread_targets(cls)
         if inherited is not None and inherited.active:
             m.baseline = dict(inherited.baseline)
@@ -191,6 +187,7 @@ class Engine:
             self._cgroup_error[cls.name] = "no cgroup hierarchy offers what this class asks"
             return None
         self._cgroup_paths[cls.name] = paths
+        self._prepared[cls.name] = cls
         return paths
 
     def _should_be_active(self, m: Managed) -> bool:
@@ -243,25 +240,45 @@ class Engine:
 
     def deactivate(self, m: Managed, why: str) -> None:
         self._catch_up(m)
-        rep = self._undo_changes(list(m.owned.values()))
+        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin})
         m.owned.clear()
         m.threads.clear()
         m.active = False
         log.event("lifted", pid=m.ident.pid, name=m.name, cls=m.cls, why=why,
                   undone=rep.undone)
 
-    def _verify(self, ident: TaskId, tid: int | None = None) -> TaskId:
-        cur = self.backend.task_id(ident.pid, tid)
-        if tid is None and cur != ident:
-            raise ProcessGone(ident.pid)
-        return cur
+    def _verify(self, m: Managed) -> None:
+        """Raise ProcessGone unless m's process is still the one we decided on."""
+        if m.pin is not None and not self.backend.pinned_alive(m.pin):
+            raise ProcessGone(m.ident.pid)
+        if self.backend.task_id(m.ident.pid) != m.ident:
+            raise ProcessGone(m.ident.pid)
 
     def _apply_process(self, m: Managed) -> None:
-        self._verify(m.ident)
+        self._verify(m)
         batch: list[tuple[TaskId, TaskId, str, Any, Any]] = []
         todo: list[tuple[int, str, Any]] = []
         tknobs = {k: v for k, v in m.targets.items()
                   if k in THREAD_KNOBS and k not in m.overridden}
+        # The cgroup first: on some kernels (6.1) moving a task into a cpuset-enabled group
+        # resets its affinity, so thread knobs go on after the move.
+        if "cgroup" in m.targets and "cgroup" not in m.overridden and (
+                (m.ident.pid, "cgroup") not in m.owned):
+            target = m.targets["cgroup"]
+            try:
+                cur = comparable(self.backend.get_knob(m.ident.pid, "cgroup"), target)
+                m.baseline.setdefault("cgroup", cur)
+                base = m.baseline["cgroup"]
+                if cur != target:
+                    batch.append((m.ident, m.ident, "cgroup", cur, target))
+                    todo.append((m.ident.pid, "cgroup", target))
+                elif base != target:
+                    # Inherited from a managed parent: journaled so an undo moves it back.
+                    batch.append((m.ident, m.ident, "cgroup", base, target))
+            except ProcessGone:
+                raise
+            except (OSError, ValueError) as e:
+                m.errors["cgroup"] = str(e)
         tids = self.backend.list_threads(m.ident.pid)
         # The main thread first: its values before we touch it are the baseline that new
         # threads and children inherit from, and what a restore brings back.
@@ -290,20 +307,6 @@ class Engine:
                 m.errors["read"] = str(e)
                 continue
             m.threads[tid] = tident
-        if "cgroup" in m.targets and "cgroup" not in m.overridden and (
-                (m.ident.pid, "cgroup") not in m.owned):
-            target = m.targets["cgroup"]
-            try:
-                cur = self.backend.get_knob(m.ident.pid, "cgroup")
-                cur = comparable(cur, target)
-                m.baseline.setdefault("cgroup", cur)
-                if cur != target:
-                    batch.append((m.ident, m.ident, "cgroup", cur, target))
-                    todo.append((m.ident.pid, "cgroup", target))
-            except ProcessGone:
-                raise
-            except (OSError, ValueError) as e:
-                m.errors["cgroup"] = str(e)
         if self.dry_run:
             return
         changes = self.journal.record(batch) if (self.journal and batch) else []
@@ -314,6 +317,8 @@ class Engine:
             c = by_key[(tid, knob)]
             try:
                 # Re-check identity right before the write so a reused TID is never touched.
+                if m.pin is not None and not self.backend.pinned_alive(m.pin):
+                    raise ProcessGone(tid)
                 if self.backend.task_id(m.ident.pid, tid) != c.task:
                     raise ProcessGone(tid)
                 self.backend.set_knob(tid, knob, target)
@@ -375,7 +380,7 @@ class Engine:
         """Drop exited processes and threads, pick up new threads, respect manual changes."""
         for m in list(self.managed.values()):
             try:
-                self._verify(m.ident)
+                self._verify(m)
             except ProcessGone:
                 self.forget(m.ident, "exited")
                 continue
@@ -422,6 +427,7 @@ class Engine:
         m = self.managed.pop(ident, None)
         if m is None:
             return
+        self._unpin(m)
         if self.journal and m.owned:
             self.journal.close([c.seq for c in m.owned.values()], "gone")
         log.event("forgotten", pid=ident.pid, name=m.name, cls=m.cls, why=why)
@@ -434,20 +440,52 @@ class Engine:
             return UndoReport()
         self._catch_up(m)
         del self.managed[ident]
-        rep = self._undo_changes(list(m.owned.values()))
+        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin})
+        self._unpin(m)
         log.event("unmanaged", pid=ident.pid, name=m.name, cls=m.cls, why=why, undone=rep.undone)
         if m.cls == INFERENCE:
             self.update_activation()
         return rep
 
+    def _unpin(self, m: Managed) -> None:
+        if m.pin is not None:
+            self.backend.unpin(m.pin)
+            m.pin = None
+
+    def set_classes(self, classes: dict[str, ClassPolicy]) -> list[TaskId]:
+        """New class definitions (a reload). Processes whose class is gone or changed are
+        unmanaged (everything undone); returns them, for the caller to classify again."""
+        self.classes = classes
+        changed = {n for n in set(self._cgroup_paths) | set(self._cgroup_error)
+                   if classes.get(n) is None or cgroup_settings(classes[n]) !=
+                   cgroup_settings(self._prepared.get(n, classes[n]))}
+        for n in changed:
+            self._cgroup_paths.pop(n, None)
+            self._cgroup_error.pop(n, None)
+        out: list[TaskId] = []
+        for ident, m in list(self.managed.items()):
+            new = classes.get(m.cls)
+            if new is None:
+                self.unmanage(ident, f"class {m.cls} no longer defined")
+                out.append(ident)
+            elif new != m.policy:
+                self.unmanage(ident, f"class {m.cls} changed on reload")
+                out.append(ident)
+        return out
+
     # --- undoing ---
 
-    def _undo_changes(self, changes: list[Change]) -> UndoReport:
+    def _undo_changes(self, changes: list[Change],
+                      pins: dict[TaskId, int | None] | None = None) -> UndoReport:
         rep = UndoReport()
         closes: dict[str, list[int]] = {"undone": [], "gone": [], "skipped": [], "failed": []}
+        pins = pins if pins is not None else {m.ident: m.pin for m in self.managed.values()}
         for c in sorted(changes, key=lambda c: -c.seq):
             tid = c.task.pid
             try:
+                pin = pins.get(c.proc)
+                if pin is not None and not self.backend.pinned_alive(pin):
+                    raise ProcessGone(tid)
                 cur_id = self.backend.task_id(c.proc.pid, tid if c.knob != "cgroup" else None)
                 if cur_id != c.task:
                     raise ProcessGone(tid)
@@ -481,7 +519,10 @@ class Engine:
         for m in list(self.managed.values()):
             self._catch_up(m)
         if self.journal is not None:
-            rep = self._undo_changes(self.journal.in_force())
+            changes = self.journal.in_force()
+            rep = self._undo_changes(changes)
+            if not self.dry_run:
+                self._put_back_inherited(changes, rep)
             self.journal.compact()
         for m in self.managed.values():
             m.owned.clear()
@@ -491,6 +532,100 @@ class Engine:
             self.paused = True
         log.event("restored", **{k: v for k, v in rep.to_json().items() if k != "details"})
         return rep
+
+    def _put_back_inherited(self, changes: list[Change], rep: UndoReport) -> None:
+        """Threads and descendants that inherited our values from a journaled process
+        without being journaled themselves (created after a crash, or between two passes)
+        get the process's original values back; then whatever is left in ainative's own
+        groups is moved out (to where its journaled ancestor came from, else the root)."""
+        origin: dict[TaskId, dict[str, tuple[Any, Any]]] = {}
+        journaled: set[tuple[int, int]] = set()
+        for c in changes:
+            journaled.add((c.task.pid, c.task.start_time))
+            if c.task == c.proc:
+                origin.setdefault(c.proc, {})[c.knob] = (c.old, c.new)
+        live = {p for p in origin if self._alive(p)}
+        parents = self._parent_map() if live or changes else {}
+        by_pid = {p.pid: p for p in live}
+
+        def ancestor(pid: int) -> TaskId | None:
+            seen = 0
+            cur = parents.get(pid)
+            while cur is not None and cur > 1 and seen < 1024:
+                if cur in by_pid:
+                    return by_pid[cur]
+                cur, seen = parents.get(cur), seen + 1
+            return None
+
+        for proc in live:
+            self._reset_values(proc.pid, origin[proc], journaled, rep, proc)
+        for pid in parents:
+            anc = ancestor(pid)
+            if anc is not None:
+                self._reset_values(pid, origin[anc], journaled, rep, None)
+        try:
+            strays = self.backend.cgroup_members()
+        except (OSError, ValueError) as e:
+            rep.details.append(f"cannot list ainative's cgroups: {e}")
+            return
+        for pid in strays:
+            anc = ancestor(pid)
+            old = origin[anc].get("cgroup", (None, None))[0] if anc is not None else None
+            if old is None:
+                back = next((o.get("cgroup", (None,))[0] for o in origin.values()
+                             if "cgroup" in o), None)
+                old = back if back is not None else self.backend.cgroup_root_path()
+            try:
+                self.backend.set_knob(pid, "cgroup", old)
+                rep.inherited += 1
+            except ProcessGone:
+                continue
+            except (PermissionError, OSError, ValueError) as e:
+                rep.failed += 1
+                rep.details.append(f"pid {pid}: cannot move out of ainative's group: {e}")
+
+    def _alive(self, ident: TaskId) -> bool:
+        try:
+            return self.backend.task_id(ident.pid) == ident
+        except ProcessGone:
+            return False
+
+    def _parent_map(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for pid in self.backend.list_pids():
+            try:
+                out[pid] = self.backend.parent_pid(pid)
+            except (ProcessGone, PermissionError, OSError):
+                continue
+        return out
+
+    def _reset_values(self, pid: int, values: dict[str, tuple[Any, Any]],
+                      journaled: set[tuple[int, int]], rep: UndoReport,
+                      proc: TaskId | None) -> None:
+        """Put back, on every thread of pid not journaled itself, each thread knob whose
+        value is still what ainative set on the origin (and the cgroup for a child)."""
+        try:
+            tids = self.backend.list_threads(pid)
+            for tid in tids:
+                tident = self.backend.task_id(pid, tid)
+                if (tident.pid, tident.start_time) in journaled:
+                    continue
+                for knob, (old, new) in values.items():
+                    if knob not in THREAD_KNOBS:
+                        continue
+                    if self.backend.get_knob(tid, knob) == new and old != new:
+                        self.backend.set_knob(tid, knob, old)
+                        rep.inherited += 1
+            if proc is None and "cgroup" in values:
+                old, new = values["cgroup"]
+                if comparable(self.backend.get_knob(pid, "cgroup"), new) == new:
+                    self.backend.set_knob(pid, "cgroup", old)
+                    rep.inherited += 1
+        except ProcessGone:
+            return
+        except (PermissionError, OSError, ValueError) as e:
+            rep.failed += 1
+            rep.details.append(f"pid {pid}: inherited values not put back: {e}")
 
     def resume(self) -> None:
         self.paused = False

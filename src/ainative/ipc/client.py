@@ -1,10 +1,18 @@
-"""Python client for the daemon's control socket (newline-delimited JSON over a Unix socket)."""
+"""Python client for the daemon's control socket (newline-delimited JSON over a Unix socket).
+
+The client checks who serves the socket before it sends anything: SO_PEERCRED on the
+connected socket gives the server's uid, which must be root or the caller's own. A socket
+path that another user could replace (a directory they own or can write) then leads to
+a clear refusal instead of a fake daemon's answers ("0 undone" while nothing was).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
+import struct
 from typing import Any
 
 DEFAULT_SOCKET = "/run/ainative/ainative.sock"
@@ -30,6 +38,7 @@ class Client:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(self.timeout)
                 s.connect(self.path)
+                self._check_server(s)
                 s.sendall(msg)
                 buf = bytearray()
                 while not buf.endswith(b"\n"):
@@ -48,6 +57,18 @@ class Client:
         if not reply.get("ok", False):
             raise DaemonError(str(reply.get("error", "unknown error")))
         return reply
+
+    def _check_server(self, s: socket.socket) -> None:
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        if uid not in (0, os.geteuid()):
+            try:
+                who = f"{uid} ({pwd.getpwuid(uid).pw_name})"
+            except KeyError:
+                who = str(uid)
+            raise DaemonError(
+                f"refusing to talk to {self.path}: it is served by uid {who} (pid {pid}), not "
+                "by root or you; someone may have replaced the daemon's socket")
 
     def status(self) -> dict[str, Any]:
         return self.request("status")

@@ -10,12 +10,12 @@ import time
 from collections import deque
 from typing import Any
 
-from ainative.core.classes import parse_size
 from ainative.mem import cuda
 from ainative.mem.allocator import PAGE, Allocator, OutOfSpace
 from ainative.mem.arena import Arena, ArenaInfo, LockFailed, gpu_numa_node, numa_nodes
 from ainative.mem.buffer import PinnedBuffer
 from ainative.mem.limits import MemlockError, lock_limits
+from ainative.units import parse_size
 
 
 class PoolExhausted(MemoryError):

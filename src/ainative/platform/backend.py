@@ -1,5 +1,6 @@
 """The thin interface between the core and a platform. The core never imports a
-platform module directly; it is handed an object with these methods.
+platform module directly; it is handed an object with these methods (through
+``ainative.platform.get_platform()``).
 
 Knob values are plain JSON values so the journal can store them:
   nice -> int, policy -> [policy, rt_priority], ioprio -> [class, level],
@@ -27,10 +28,41 @@ class Backend(Protocol):
     def mapped_files(self, pid: int) -> list[str]: ...
     def environ_value(self, pid: int, name: str) -> str | None: ...
     def cpu_times(self, pid: int) -> tuple[float, float]: ...
+    def parent_pid(self, pid: int) -> int: ...
     def is_descendant(self, pid: int, ancestor: int) -> bool: ...
+
+    def run_queue_wait_ns(self, pid: int, tid: int | None = None) -> int:
+        """Time the thread (the main one without tid) has waited runnable for a CPU."""
+        ...
+
+    def rss_bytes(self, pid: int) -> int:
+        """Resident memory of the process, in bytes."""
+        ...
+
+    # --- identity that survives PID reuse ---
+
+    def pin(self, ident: TaskId) -> int | None:
+        """A handle (a pidfd, O_CLOEXEC) on exactly the process ident names: opened first,
+        then its start time compared with ident's. Raises ProcessGone (and keeps nothing
+        open) when the pid now names another process or the process has exited. None when
+        the platform has no such handles: callers fall back to start-time identity."""
+        ...
+
+    def pinned_alive(self, pin: int) -> bool:
+        """True while the pinned process has not exited. Until it has, its PID cannot be
+        reused, so a change made right after a True answer reaches the right process."""
+        ...
+
+    def unpin(self, pin: int) -> None:
+        """Release a pin (never raises)."""
+        ...
+
+    # --- knobs ---
 
     def get_knob(self, tid: int, knob: str) -> Any: ...
     def set_knob(self, tid: int, knob: str, value: Any) -> None: ...
+
+    # --- cgroups ---
 
     def cgroup_prepare(self, group: str, settings: dict[str, Any]) -> dict[str, str]:
         """Create/update ainative's group for a class; return its {hierarchy: path}."""
@@ -40,8 +72,23 @@ class Backend(Protocol):
         """Where cgroup_prepare would put a class's group (no side effects: for dry runs)."""
         ...
 
-    def cleanup(self) -> None:
-        """Remove what the backend created for itself (empty cgroups) after a restore."""
+    def cgroup_dirs(self, group: str) -> dict[str, str]:
+        """{hierarchy: absolute directory} where a class's group exists now (for reports)."""
+        ...
+
+    def cgroup_members(self) -> dict[int, dict[str, str]]:
+        """Every pid now inside one of this backend's own groups -> its current
+        {hierarchy: path}: children that inherited a group, for putting them back."""
+        ...
+
+    def cgroup_root_path(self) -> dict[str, str]:
+        """{hierarchy: "/"} for the managed hierarchies: the safe place for a process
+        when nothing better is known ({} without cgroups)."""
+        ...
+
+    def cleanup(self) -> dict[str, str]:
+        """Remove what the backend created for itself (empty cgroups) after a restore.
+        Never raises; returns {what: why} for each thing it could not remove (logged)."""
         ...
 
     def rt_throttled(self) -> bool:

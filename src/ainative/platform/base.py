@@ -1,8 +1,13 @@
-"""Types shared by the core and every platform backend."""
+"""Types shared by the core and every platform backend: identities, process snapshots,
+process events and the event-source interface, mechanism reports, and the exceptions a
+backend raises. Nothing here touches the operating system, so the core can import it on
+any platform.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 # Scheduling policies, numbered as Linux numbers them (os.SCHED_*).
 SCHED_OTHER = 0
@@ -93,3 +98,45 @@ class ProcessGone(Exception):
 
 class MechanismUnavailable(Exception):
     """A kernel mechanism is not offered here (no permission, not built, not mounted)."""
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One kernel mechanism as the start-up probe found it: usable or not, and why."""
+
+    name: str
+    available: bool
+    detail: str
+
+
+EventKind = Literal["fork", "exec", "exit", "comm", "scan"]
+
+
+@dataclass(frozen=True)
+class ProcEvent:
+    """A process event. kind "scan" carries no process: events were lost (an overrun)
+    and only a rescan of every process can tell what changed."""
+
+    kind: EventKind
+    pid: int  # the thread group (process) id
+    tid: int  # the thread id (== pid for the main thread)
+    parent_pid: int = 0  # for fork
+    timestamp_ns: int = 0  # kernel timestamp (connector) or monotonic_ns (poller)
+
+
+class EventSource(Protocol):
+    """Where process events come from: fileno() for select(), read() returns the events
+    available now (never blocks), close() stops it.
+
+    ``name`` says which source it is ("netlink", "poll"); ``fallback_reason`` why the
+    better one could not be used (None when it is the best there is); ``overruns`` how
+    many times the kernel dropped events (each one answered by a "scan" event).
+    """
+
+    name: str
+    fallback_reason: str | None
+    overruns: int
+
+    def fileno(self) -> int: ...
+    def read(self) -> list[ProcEvent]: ...
+    def close(self) -> None: ...

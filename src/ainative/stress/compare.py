@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -58,39 +56,23 @@ class DaemonRun:
     with rules from nowhere but its built-in set and state in a directory of its own."""
 
     def __init__(self, workdir: str, scope_pid: int) -> None:
-        self.workdir = workdir
-        sockdir = workdir
-        if len(os.path.join(workdir, "s.sock")) > 100:  # sun_path holds 108 bytes
-            sockdir = tempfile.mkdtemp(prefix="ainative-", dir="/tmp")
-        self.sock = os.path.join(sockdir, "s.sock")
-        self.log_path = os.path.join(workdir, "daemon.log")
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ainative", "daemon", "--scope-descendants",
-                 str(scope_pid), "--state-dir", os.path.join(workdir, "state"),
-                 "--socket", self.sock, "--rules-dir", "", "--log-format", "json",
-                 # its own cgroup subtree: a system-wide ainative may be running too
-                 "--cgroup-root", f"ainative-stress-{os.getpid()}"],
-                stdout=log, stderr=subprocess.STDOUT)
-        from ainative.ipc.client import Client
+        from ainative.ipc.launcher import ScopedDaemon
 
-        self.client = Client(self.sock, timeout=5)
+        # its own cgroup subtree: a system-wide ainative may be running too
+        self.daemon = ScopedDaemon(workdir, scope_pid=scope_pid,
+                                   cgroup_root=f"ainative-stress-{os.getpid()}")
+        self.daemon.start(wait=False)
+        self.log_path = self.daemon.log_path
+        self.client = self.daemon.client
 
     def wait_ready(self) -> None:
         """Until it answers; it finds the scope's processes started before that itself."""
-        from ainative.ipc.client import DaemonError
+        from ainative.ipc.launcher import LaunchError
 
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ScenarioError(f"ainative daemon exited at start (code "
-                                    f"{self.proc.returncode}): {_last_line(self.log_path)}")
-            try:
-                self.client.request("ping")
-                return
-            except DaemonError:
-                time.sleep(0.05)
-        raise ScenarioError(f"ainative daemon did not answer within 20 s; see {self.log_path}")
+        try:
+            self.daemon.wait_ready()
+        except LaunchError as e:
+            raise ScenarioError(str(e)) from e
 
     def tasks(self) -> dict[int, dict[str, Any]]:
         return {t["pid"]: t for t in self.client.status().get("tasks", [])}
@@ -112,9 +94,9 @@ class DaemonRun:
             try:
                 tasks = self.tasks()
             except DaemonError as e:
-                if self.proc.poll() is not None:
-                    raise ScenarioError(f"ainative daemon died (code {self.proc.returncode}): "
-                                        f"{_last_line(self.log_path)}") from e
+                if not self.daemon.alive():
+                    raise ScenarioError(f"ainative daemon died: {_last_line(self.log_path)}"
+                                        ) from e
             ok_w = self._in_force(tasks.get(workload), "inference")
             ok_h = all(self._in_force(tasks.get(h), "background") for h in hogs)
             if (ok_w and ok_h) or time.monotonic() > deadline:
@@ -138,15 +120,7 @@ class DaemonRun:
 
     def stop(self) -> None:
         """SIGTERM: the daemon undoes everything it changed and exits."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if os.path.dirname(self.sock) != self.workdir:
-            shutil.rmtree(os.path.dirname(self.sock), ignore_errors=True)
+        self.daemon.close()
 
 
 def _last_line(path: str) -> str:

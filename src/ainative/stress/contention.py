@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from ainative.core.classes import parse_size
+from ainative.units import parse_size
 
 
 class ContentionError(Exception):

@@ -2,11 +2,14 @@
 its slope, and the run-queue wait the kernel charges to the process.
 
 Every structure here is bounded however long the run: the histogram has a fixed size,
-and the memory samples are a fixed ring that halves its resolution when full.
+and the memory samples are a fixed ring that halves its resolution when full. What the
+kernel knows about a process (RSS, run-queue wait) is read through the platform's
+backend, like everything else ainative reads about processes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import threading
@@ -15,6 +18,10 @@ from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from ainative.platform import get_platform
+from ainative.platform.backend import Backend
+from ainative.platform.base import ProcessGone
 
 # Latencies are recorded in microseconds, 1 us to 1 hour, 3 significant digits.
 LOWEST_US = 1
@@ -91,32 +98,35 @@ class BoundedSeries:
         return float(np.polyfit(t, v, 1)[0] * 3600.0)
 
 
+@functools.cache
+def _backend() -> Backend:
+    return get_platform().backend
+
+
+def _pid(pid: int | str) -> int:
+    return os.getpid() if pid == "self" else int(pid)
+
+
 def rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _schedstat_wait(path: str) -> int:
-    with open(path) as fh:
-        return int(fh.read().split()[1])
+    return _backend().rss_bytes(_pid(pid))
 
 
 def thread_run_queue_wait_ns() -> int:
     """Time the calling thread has spent runnable but waiting for a CPU (schedstat field 2)."""
     try:
-        return _schedstat_wait("/proc/thread-self/schedstat")
-    except (OSError, IndexError, ValueError):
+        return _backend().run_queue_wait_ns(os.getpid(), threading.get_native_id())
+    except (ProcessGone, OSError):
         return 0
 
 
 def task_run_queue_waits(pid: int | str = "self") -> dict[int, int]:
     """Run-queue wait (ns, schedstat field 2) of every thread of the process now."""
+    b, p = _backend(), _pid(pid)
     out: dict[int, int] = {}
-    base = f"/proc/{pid}/task"
-    for tid in os.listdir(base):
+    for tid in b.list_threads(p):
         try:
-            out[int(tid)] = _schedstat_wait(f"{base}/{tid}/schedstat")
-        except (OSError, IndexError, ValueError):
+            out[tid] = b.run_queue_wait_ns(p, tid)
+        except (ProcessGone, OSError):
             continue
     return out
 

@@ -8,10 +8,12 @@ import os
 import shutil
 import time
 
-from ainative.platform.linux.cgroups import read_file, write_file
+from ainative.platform import get_platform
+from ainative.platform.base import MechanismUnavailable, ProcessGone
 
 # Command prefixes that start the workload under a remedy.
 PREFIXES = {"nice": ["nice", "-n", "-10"], "chrt": ["chrt", "-f", "10"]}
+_GROUP = "hogs"
 
 
 class RemedyError(Exception):
@@ -27,66 +29,68 @@ def prefix(scenario: str) -> list[str]:
 
 
 class HogCgroup:
-    """A group of our own, under a unique name, holding the hogs at cpu.shares=2 (v1) or
-    cpu.weight=1 (v2); removed again by remove()."""
+    """A group of our own, ``<name>.hogs`` under a unique name, holding the hogs at
+    cpu.shares=2 (v1) or cpu.weight=1 (v2); removed again by remove().
+
+    It goes through the platform's backend like the daemon's own groups do: a backend
+    whose cgroup root is ``name``, asked for weight 0, which each layout clamps to the
+    least it allows."""
 
     def __init__(self, name: str | None = None, mount_base: str = "/sys/fs/cgroup") -> None:
-        from ainative.platform.linux.cgroups import discover
-
-        hier = [h for h in discover(mount_base) if "cpu" in h.controllers]
-        if not hier:
-            raise RemedyError("no cgroup hierarchy with the cpu controller is mounted")
-        h = hier[0]
-        self.root = h.mount
-        self.is_v2 = h.is_v2
-        self.dir = os.path.join(self.root, name or f"ainative-stress-hogs-{os.getpid()}")
+        root = name or f"ainative-stress-hogs-{os.getpid()}"
         try:
-            if self.is_v2:
-                sc = os.path.join(self.root, "cgroup.subtree_control")
-                if "cpu" not in read_file(sc).split():
-                    write_file(sc, "+cpu")
-            os.makedirs(self.dir, exist_ok=True)
-            self.knob = ("cpu.weight", "1") if self.is_v2 else ("cpu.shares", "2")
-            write_file(os.path.join(self.dir, self.knob[0]), self.knob[1])
-        except OSError as e:
+            self._backend = get_platform(cgroup_root=root, cgroup_mount=mount_base).backend
+        except MechanismUnavailable as e:
+            raise RemedyError(str(e)) from None
+        self.dir = self._backend.cgroup_path(_GROUP)  # until it exists: the relative path
+        self.is_v2 = False
+        self.knob = ("cpu.shares", "2")
+        try:
+            self._paths = self._backend.cgroup_prepare(_GROUP, {"cpu_weight": 0})
+        except (OSError, ValueError) as e:
+            self._paths = {}
+            mounted = bool(self._backend.cgroup_root_path())
             self.remove()
-            raise RemedyError(f"cannot set up the hog cgroup at {self.dir}: {e}") from e
+            if not mounted:
+                raise RemedyError("no cgroup hierarchy with the cpu controller is mounted "
+                                  f"({e})") from None
+            raise RemedyError(f"cannot set up the hog cgroup {self.dir}: {e}") from None
+        if not self._paths:
+            raise RemedyError("no cgroup hierarchy with the cpu controller is mounted")
+        self.is_v2 = "0" in self._paths
+        self.dir = next(iter(self._backend.cgroup_dirs(_GROUP).values()), self.dir)
+        self.knob = ("cpu.weight", "1") if self.is_v2 else ("cpu.shares", "2")
 
     def add(self, pids: list[int]) -> int:
         """Move pids in (gone ones are skipped); returns how many moved."""
         moved = 0
         for pid in pids:
             try:
-                write_file(os.path.join(self.dir, "cgroup.procs"), str(pid))
+                self._backend.set_knob(pid, "cgroup", self._paths)
                 moved += 1
-            except ProcessLookupError:
+            except ProcessGone:
                 continue
-            except OSError as e:
+            except (OSError, ValueError) as e:
                 raise RemedyError(f"cannot move {pid} into {self.dir}: {e}") from e
         return moved
 
     def members(self) -> list[int]:
-        try:
-            return [int(p) for p in read_file(os.path.join(self.dir, "cgroup.procs")).split()]
-        except OSError:
-            return []
+        return sorted(self._backend.cgroup_members())
 
     def remove(self, timeout_s: float = 5.0) -> None:
         """Move anything left back to the root and remove the group; never raises."""
         deadline = time.monotonic() + timeout_s
-        while os.path.isdir(self.dir):
-            for pid in self.members():
+        root = {k: "/" for k in self._paths} or self._backend.cgroup_root_path()
+        while self._backend.cgroup_dirs(_GROUP):
+            left = self.members()
+            for pid in left:
                 try:
-                    write_file(os.path.join(self.root, "cgroup.procs"), str(pid))
-                except OSError:
+                    self._backend.set_knob(pid, "cgroup", root)
+                except (ProcessGone, OSError, ValueError):
                     pass
-            try:
-                os.rmdir(self.dir)
+            # Killed processes take a moment to leave; the group stays busy until then.
+            if not self.members() and not self._backend.cleanup():
                 return
-            except FileNotFoundError:
+            if time.monotonic() > deadline:
                 return
-            except OSError:
-                # Killed processes take a moment to leave; EBUSY until they have.
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.05)
+            time.sleep(0.05)

@@ -1,12 +1,25 @@
-"""The Linux backend: the core's Backend interface over procfs, knobs and cgroups."""
+"""The Linux backend: the core's Backend interface over procfs, knobs and cgroups.
+
+Identity across PID reuse: a TaskId's start time has clock-tick resolution (10 ms), so a
+PID freed and reused within one tick looks the same. ``pin`` closes that gap with a pidfd:
+opened first, then checked against the start time, it names exactly one process, and
+while that process has not exited (``pinned_alive``) its PID cannot be given to another.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 from typing import Any
 
-from ainative.platform.base import ProcessInfo, TaskId
+from ainative import log
+from ainative.platform.base import ProcessGone, ProcessInfo, TaskId
 from ainative.platform.linux import knobs, procfs
 from ainative.platform.linux.cgroups import CgroupManager, CgroupSettings, group_path
+
+# pidfd_open's flag for a thread that is not a thread-group leader (Linux 6.9; = O_EXCL).
+_PIDFD_THREAD = os.O_EXCL
 
 
 class LinuxBackend:
@@ -18,17 +31,22 @@ class LinuxBackend:
         self.cgroup_mount = cgroup_mount
         self._cg: CgroupManager | None = None
         self._cg_error: str | None = None
+        self._cg_errno: int | None = None
 
     @property
     def cgroups(self) -> CgroupManager:
+        """The cgroup manager, made on first use; OSError (one line, with the errno of the
+        first failure) when cgroups cannot be used here."""
         if self._cg is None:
             if self._cg_error is not None:
-                raise OSError(self._cg_error)
+                raise OSError(self._cg_errno or errno.ENOENT, self._cg_error)
             try:
                 self._cg = CgroupManager(self.cgroup_root, self.cgroup_mount)
             except (OSError, ValueError, NotImplementedError) as e:
-                self._cg_error = f"cgroups unavailable: {e}"
-                raise OSError(self._cg_error) from e
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                self._cg_error = f"cgroups unavailable: {why}"
+                self._cg_errno = e.errno if isinstance(e, OSError) else None
+                raise OSError(self._cg_errno or errno.ENOENT, self._cg_error) from e
         return self._cg
 
     # --- processes ---
@@ -57,8 +75,60 @@ class LinuxBackend:
     def cpu_times(self, pid: int) -> tuple[float, float]:
         return procfs.cpu_times(pid)
 
+    def parent_pid(self, pid: int) -> int:
+        return procfs.parent_pid(pid)
+
     def is_descendant(self, pid: int, ancestor: int) -> bool:
         return procfs.is_descendant(pid, ancestor)
+
+    def run_queue_wait_ns(self, pid: int, tid: int | None = None) -> int:
+        return procfs.read_schedstat(pid, tid)[1]
+
+    def rss_bytes(self, pid: int) -> int:
+        return procfs.rss_bytes(pid)
+
+    # --- identity that survives PID reuse ---
+
+    def pin(self, ident: TaskId) -> int | None:
+        try:
+            try:
+                fd = os.pidfd_open(ident.pid)
+            except OSError as e:
+                # A thread other than the leader: EINVAL before 6.9, ENOENT since; only
+                # 6.9+ can pin one (PIDFD_THREAD).
+                if e.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
+                fd = os.pidfd_open(ident.pid, _PIDFD_THREAD)
+        except ProcessLookupError as e:
+            raise ProcessGone(f"process {ident.pid} has exited") from e
+        except (AttributeError, OSError) as e:
+            if isinstance(e, AttributeError) or e.errno in (errno.ENOSYS, errno.EINVAL):
+                return None  # no pidfds here: callers fall back to start-time identity
+            raise
+        try:
+            # Opened first, checked second: if the start time still matches now, the fd
+            # names the process ident meant (unless it had already exited, checked next).
+            now = procfs.task_id(ident.pid)
+            if now != ident:
+                raise ProcessGone(f"pid {ident.pid} now names another process")
+            if not self.pinned_alive(fd):
+                raise ProcessGone(f"process {ident.pid} has exited")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def pinned_alive(self, pin: int) -> bool:
+        p = select.poll()
+        p.register(pin, select.POLLIN)
+        # Readable once the process has exited; POLLNVAL for a closed fd: not alive either.
+        return not p.poll(0)
+
+    def unpin(self, pin: int) -> None:
+        try:
+            os.close(pin)
+        except OSError:
+            pass
 
     # --- knobs ---
 
@@ -85,9 +155,14 @@ class LinuxBackend:
         elif knob == "affinity":
             knobs.set_affinity(tid, frozenset(int(c) for c in value))
         elif knob == "cgroup":
+            if not isinstance(value, dict):
+                raise ValueError(f"cgroup value must be {{hierarchy: path}}, not "
+                                 f"{type(value).__name__}")
             self.cgroups.move_back(tid, dict(value))
         else:
             raise ValueError(f"unknown knob {knob!r}")
+
+    # --- cgroups ---
 
     def cgroup_prepare(self, group: str, settings: dict[str, Any]) -> dict[str, str]:
         cg = self.cgroups
@@ -100,9 +175,33 @@ class LinuxBackend:
     def cgroup_path(self, group: str) -> str:
         return group_path(self.cgroup_root, group)
 
-    def cleanup(self) -> None:
-        if self._cg is not None:
-            self._cg.remove_all()
+    def cgroup_dirs(self, group: str) -> dict[str, str]:
+        try:
+            return self.cgroups.group_dirs(group)
+        except OSError:
+            return {}
+
+    def cgroup_members(self) -> dict[int, dict[str, str]]:
+        try:
+            return self.cgroups.owned_members()
+        except OSError:
+            return {}
+
+    def cgroup_root_path(self) -> dict[str, str]:
+        try:
+            return self.cgroups.root_paths()
+        except OSError:
+            return {}
+
+    def cleanup(self) -> dict[str, str]:
+        try:
+            cg = self.cgroups
+        except OSError:
+            return {}  # no cgroups here: nothing can have been created
+        failed = cg.remove_all()
+        for path, why in failed.items():
+            log.warn("cgroup_not_removed", path=path, reason=why)
+        return failed
 
     def rt_throttled(self) -> bool:
         try:

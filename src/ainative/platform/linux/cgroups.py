@@ -7,16 +7,25 @@ would be capped by the parent's default weight, and an idle background group wou
 inherit that parent's weight whenever inference sleeps.
 
 It only ever moves processes it classified, and it remembers (through the engine's
-journal) where each one came from so it can move it back.
+journal) where each one came from so it can move it back. Those remembered paths come
+back from a file on disk, so they are checked before use: a path that could climb out
+of the hierarchy (``..``, NUL, anything resolving outside the mount) is refused.
+
+A daemon that crashed leaves its groups as they were, cpu.idle=1 included, and the
+kernel refuses a cpu.shares/cpu.weight write to an idle group (EINVAL). So cpu.idle is
+written before the weight, and a leftover cpu.idle=1 that the class no longer asks for
+is reset first.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 
 from ainative.platform.base import ProcessGone
+from ainative.platform.linux import procfs
 
 # Features a class may ask for, and the controller (v2) / hierarchy (v1) giving each.
 _V2_CONTROLLER = {"cpu_weight": "cpu", "cpu_idle": "cpu", "cpuset": "cpuset",
@@ -29,7 +38,8 @@ class CgroupSettings:
     """What a class asks of its group. None means 'leave the kernel default'."""
 
     # Relative CPU weight on the v2 scale (1..10000, default 100). On v1 it is mapped to
-    # cpu.shares (2..262144, default 1024) as shares = weight * 1024 / 100, clamped.
+    # cpu.shares (2..262144, default 1024) as shares = weight * 1024 / 100, clamped: so 0
+    # asks for the least either layout allows (cpu.weight=1, cpu.shares=2).
     cpu_weight: int | None = None
     # cpu.idle=1 (v2 and v1 since 5.15): the group gets SCHED_IDLE-like treatment.
     cpu_idle: bool | None = None
@@ -134,6 +144,29 @@ def read_file(path: str) -> str:
         return fh.read().strip()
 
 
+def kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """Whether the running kernel (or ``release``, as uname -r spells it) is major.minor
+    or newer; False when the release cannot be parsed."""
+    m = re.match(r"(\d+)\.(\d+)", release if release is not None else os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+def check_rel_path(mount: str, rel: object) -> str:
+    """The directory ``rel`` (a path as /proc/PID/cgroup shows it) names under ``mount``.
+    Raises ValueError for anything that is not a plain path inside the hierarchy: the
+    value may come from the journal, which is data, not code."""
+    if not isinstance(rel, str):
+        raise ValueError(f"cgroup path must be a string, not {type(rel).__name__}")
+    if "\0" in rel:
+        raise ValueError(f"cgroup path {rel!r} contains a NUL byte")
+    if ".." in rel.split("/"):
+        raise ValueError(f"cgroup path {rel!r} has a '..' component")
+    d = os.path.join(mount, rel.lstrip("/"))
+    real, base = os.path.realpath(d), os.path.realpath(mount)
+    if real != base and not real.startswith(base.rstrip("/") + "/"):
+        raise ValueError(f"cgroup path {rel!r} resolves outside {mount}")
+    return d
+
 
 class CgroupManager:
     """Creates and owns ``<mount>/<root_name>.<group>`` in every hierarchy it needs.
@@ -168,6 +201,14 @@ class CgroupManager:
         if v1 is not None and v1 in self._v1:
             return self._v1[v1]
         return None
+
+    def hierarchy_for(self, feature: str) -> Hierarchy | None:
+        """The hierarchy a feature (cpu_weight, cpu_idle, cpuset, memory_low) is set in."""
+        return self._where(feature)
+
+    def managed(self) -> list[Hierarchy]:
+        """The hierarchies ainative makes groups in (one per controller it uses)."""
+        return self._managed()
 
     def _managed(self) -> list[Hierarchy]:
         seen: dict[str, Hierarchy] = {}
@@ -206,16 +247,13 @@ class CgroupManager:
         return out
 
     def _idle_supported(self, h: Hierarchy) -> bool:
-        # v1 shows cpu.idle in its root group; v2 only in child groups, so look there too.
+        # v1 shows cpu.idle in its root group. v2 shows it only in child groups, and only
+        # once the cpu controller is enabled at the root's subtree_control, which nothing
+        # may have done yet: a child group without cpu files says nothing about the
+        # kernel. cpu.idle came with 5.15 on both layouts, so v2 asks the version.
         if os.path.exists(os.path.join(h.mount, "cpu.idle")):
             return True
-        try:
-            for entry in os.scandir(h.mount):
-                if entry.is_dir(follow_symlinks=False):
-                    return os.path.exists(os.path.join(entry.path, "cpu.idle"))
-        except OSError:
-            return False
-        return False
+        return h.is_v2 and "cpu" in h.controllers and kernel_at_least(5, 15)
 
     def group_dir(self, h: Hierarchy, group: str) -> str:
         return os.path.join(h.mount, group_path(self.root_name, group).lstrip("/"))
@@ -231,9 +269,10 @@ class CgroupManager:
 
     def ensure_group(self, group: str, settings: CgroupSettings) -> dict[str, str]:
         """Create (or update) the group; return {hierarchy-key: absolute dir} it exists in."""
-        if not group or "/" in group:
+        if not group or "/" in group or "\0" in group or group in (".", ".."):
             raise ValueError(f"bad group name {group!r}")
         made: dict[str, str] = {}
+        cpu_done = False
         for feature in settings.features():
             h = self._where(feature)
             if h is None:
@@ -244,20 +283,45 @@ class CgroupManager:
             if h.key not in made:
                 os.makedirs(d, exist_ok=True)
                 made[h.key] = d
-            self._apply(h, d, feature, settings)
+            if feature in ("cpu_weight", "cpu_idle"):
+                if not cpu_done:  # both live in the cpu controller; written together
+                    self._apply_cpu(h, d, settings)
+                    cpu_done = True
+            else:
+                self._apply(h, d, feature, settings)
         return made
 
+    def _apply_cpu(self, h: Hierarchy, d: str, s: CgroupSettings) -> None:
+        """cpu.idle and the weight, in the order the kernel accepts: it refuses a weight
+        (EINVAL) while the group is idle, so idle is cleared before the weight is written
+        and set after it. An idle group's weight does not count; it is written anyway
+        (while still allowed) so that it holds once idle is cleared."""
+        idle_path = os.path.join(d, "cpu.idle")
+        has_idle = os.path.exists(idle_path)
+        try:
+            idle_now = has_idle and read_file(idle_path) == "1"
+        except OSError:
+            idle_now = False
+        if s.cpu_weight is None:
+            weight = None
+        elif h.is_v2:
+            weight = ("cpu.weight", str(max(1, min(10000, s.cpu_weight))))
+        else:
+            weight = ("cpu.shares", str(weight_to_shares(s.cpu_weight)))
+        if s.cpu_idle:
+            if weight is not None and not idle_now:
+                write_file(os.path.join(d, weight[0]), weight[1])
+            if has_idle and not idle_now:
+                write_file(idle_path, "1")
+            return
+        # Not asked to be idle: cpu.idle=1 left by an earlier run (or a crash) goes first.
+        if idle_now:
+            write_file(idle_path, "0")
+        if weight is not None:
+            write_file(os.path.join(d, weight[0]), weight[1])
+
     def _apply(self, h: Hierarchy, d: str, feature: str, s: CgroupSettings) -> None:
-        if feature == "cpu_weight" and s.cpu_weight is not None:
-            if h.is_v2:
-                write_file(os.path.join(d, "cpu.weight"), str(max(1, min(10000, s.cpu_weight))))
-            else:
-                write_file(os.path.join(d, "cpu.shares"), str(weight_to_shares(s.cpu_weight)))
-        elif feature == "cpu_idle" and s.cpu_idle is not None:
-            path = os.path.join(d, "cpu.idle")
-            if os.path.exists(path):
-                write_file(path, "1" if s.cpu_idle else "0")
-        elif feature == "cpuset" and s.cpuset_cpus is not None:
+        if feature == "cpuset" and s.cpuset_cpus is not None:
             if not h.is_v2:
                 # A v1 cpuset group takes no tasks until both cpus and mems are set.
                 mems = read_file(os.path.join(h.mount, "cpuset.mems"))
@@ -268,27 +332,19 @@ class CgroupManager:
 
     def current(self, pid: int) -> dict[str, str]:
         """{hierarchy-key: cgroup path relative to its mount} for the hierarchies we manage."""
-        try:
-            with open(f"/proc/{pid}/cgroup") as fh:
-                text = fh.read()
-        except (FileNotFoundError, ProcessLookupError) as e:
-            raise ProcessGone(f"process {pid} has exited") from e
         keys = {h.key for h in self._managed()}
-        out: dict[str, str] = {}
-        for line in text.splitlines():
-            parts = line.split(":", 2)
-            if len(parts) != 3:
-                continue
-            key = "0" if parts[0] == "0" and parts[1] == "" else parts[1]
-            if key in keys:
-                out[key] = parts[2]
-        return out
+        return {k: v for k, v in procfs.read_cgroup(pid).items() if k in keys}
+
+    def root_paths(self) -> dict[str, str]:
+        """{hierarchy-key: "/"} for the hierarchies we manage: where a process goes when
+        nothing better is known."""
+        return {h.key: "/" for h in self._managed()}
 
     def _by_key(self, key: str) -> Hierarchy | None:
         return next((h for h in self.hierarchies if h.key == key), None)
 
     def _move_into(self, pid: int, h: Hierarchy, rel: str) -> None:
-        d = os.path.join(h.mount, rel.lstrip("/"))
+        d = check_rel_path(h.mount, rel)
         if not os.path.isdir(d):
             d = h.mount  # the group is gone: the hierarchy's root is the safe place
         try:
@@ -310,11 +366,16 @@ class CgroupManager:
 
     def move_back(self, pid: int, previous: dict[str, str]) -> None:
         """Move the process back where it was, hierarchy by hierarchy, skipping groups that
-        no longer exist (then to the hierarchy root)."""
+        no longer exist (then to the hierarchy root). Every path is checked before the
+        first move, so a bad journal entry moves nothing (ValueError)."""
+        moves = []
         for key, rel in previous.items():
             h = self._by_key(key)
             if h is not None:
-                self._move_into(pid, h, rel)
+                check_rel_path(h.mount, rel)
+                moves.append((h, rel))
+        for h, rel in moves:
+            self._move_into(pid, h, rel)
 
     def members(self, group: str) -> set[int]:
         out: set[int] = set()
@@ -338,12 +399,60 @@ class CgroupManager:
                 continue
         return out
 
-    def remove_all(self) -> None:
-        """Remove the owned groups that are empty of processes (after restore). A group
-        still holding processes is left in place; rmdir refuses it with EBUSY."""
-        for d in self.owned_groups():
+    def group_dirs(self, group: str) -> dict[str, str]:
+        """{hierarchy-key: absolute dir} where the group exists now."""
+        return {h.key: self.group_dir(h, group) for h in self._managed()
+                if os.path.isdir(self.group_dir(h, group))}
+
+    @staticmethod
+    def _subtree(top: str) -> list[str]:
+        """top and every group below it, deepest first (the order rmdir needs)."""
+        out: list[str] = []
+        for root, _dirs, _files in os.walk(top, topdown=False):
+            out.append(root)
+        return out or [top]
+
+    def owned_members(self) -> dict[int, dict[str, str]]:
+        """Every pid now inside one of the owned groups (or a group below one), in any
+        hierarchy, with its current() paths. Processes that exit meanwhile are left out."""
+        pids: set[int] = set()
+        for top in self.owned_groups():
+            for d in self._subtree(top):
+                try:
+                    text = read_file(os.path.join(d, "cgroup.procs"))
+                except OSError:
+                    continue
+                pids.update(int(p) for p in text.split() if p.isdigit())
+        out: dict[int, dict[str, str]] = {}
+        for pid in sorted(pids):
             try:
-                os.rmdir(d)
-            except OSError as e:
-                if e.errno not in (errno.EBUSY, errno.ENOENT):
-                    raise
+                out[pid] = self.current(pid)
+            except (ProcessGone, OSError):
+                continue
+        return out
+
+    def _why_not_removed(self, d: str, e: OSError) -> str:
+        if e.errno == errno.EBUSY:
+            try:
+                n = len(read_file(os.path.join(d, "cgroup.procs")).split())
+            except OSError:
+                n = 0
+            if n:
+                return f"still holds {n} process{'es' if n != 1 else ''}"
+            return "busy (child groups, or tasks still leaving)"
+        return e.strerror or str(e)
+
+    def remove_all(self) -> dict[str, str]:
+        """Remove every owned group that is empty of processes, in every hierarchy (after
+        restore), groups below them first. Never raises: returns {dir: why} for each group
+        it could not remove (a group still holding processes stays; rmdir refuses it)."""
+        failed: dict[str, str] = {}
+        for top in self.owned_groups():
+            for d in self._subtree(top):
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    failed[d] = self._why_not_removed(d, e)
+        return failed

@@ -1,5 +1,7 @@
 """Process events from the kernel's netlink process connector (fork, exec, exit),
-with a polling fallback where the connector is unavailable (no root, no CONFIG_PROC_EVENTS).
+with a polling fallback where the connector is unavailable (no root, no CONFIG_PROC_EVENTS)
+or silent (a non-initial PID or user namespace, where the kernel ignores the request to
+listen and so delivers nothing, though every call succeeds).
 
 The connector has no maintained Python binding (pyroute2 does not cover it), so the few
 structs it needs are packed here by hand, as linux/connector.h and linux/cn_proc.h lay
@@ -10,14 +12,19 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
 
-EventKind = Literal["fork", "exec", "exit", "comm", "scan"]
+from ainative import log
+from ainative.platform.base import EventKind, ProcessGone, ProcEvent
+from ainative.platform.linux import procfs
+
+__all__ = ["EventKind", "NetlinkSource", "PollSource", "ProcEvent", "ProcessEventSource",
+           "open_event_source", "parse_messages"]
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -39,22 +46,16 @@ _EVENT_HDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _PAIR = struct.Struct("=ii")  # pid, tgid
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _RCVBUF = 4 << 20
-
-
-@dataclass(frozen=True)
-class ProcEvent:
-    kind: EventKind
-    pid: int  # the thread group (process) id
-    tid: int  # the thread id (== pid for the main thread)
-    parent_pid: int = 0  # for fork
-    timestamp_ns: int = 0  # kernel timestamp (connector) or monotonic_ns (poller)
+_SELF_TEST_S = 0.2  # how long an opened connector has to report a thread of ours
 
 
 class ProcessEventSource:
-    """Base interface: fileno() for select(), read() returns the events available now."""
+    """Base of the sources here (an EventSource): fileno() for select(), read() returns
+    the events available now."""
 
     name: str = "base"
     fallback_reason: str | None = None
+    overruns: int = 0
 
     def fileno(self) -> int:
         raise NotImplementedError
@@ -116,6 +117,9 @@ class NetlinkSource(ProcessEventSource):
     name = "netlink"
 
     def __init__(self) -> None:
+        self.overruns = 0
+        self._pending: list[ProcEvent] = []
+        self._lost = False
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
             self._grow_buffer()
@@ -139,7 +143,12 @@ class NetlinkSource(ProcessEventSource):
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> list[ProcEvent]:
+    def _overrun(self) -> None:
+        self.overruns += 1
+        log.warn("event_overrun", count=self.overruns)
+
+    def _drain(self) -> tuple[list[ProcEvent], bool]:
+        """The events queued now, and whether the kernel dropped any."""
         out: list[ProcEvent] = []
         lost = False
         for _ in range(4096):  # bounded: never starve the rest of the daemon's loop
@@ -149,19 +158,52 @@ class NetlinkSource(ProcessEventSource):
                 break
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    lost = True  # the kernel dropped events; what follows is still good
+                    # The kernel dropped events; what follows is still good.
+                    lost = True
+                    self._overrun()
                     continue
                 raise
             for ev in parse_messages(data):
                 if ev.kind == "scan":
                     lost = True
+                    self._overrun()
                 else:
                     out.append(ev)
+        return out, lost
+
+    def read(self) -> list[ProcEvent]:
+        out, lost = self._drain()
+        if self._pending or self._lost:
+            out, lost = self._pending + out, lost or self._lost
+            self._pending, self._lost = [], False
         if lost:
             # Only a rescan can tell what was missed; one is enough, and it goes last so
             # that it sees the effect of the events that did arrive.
             out.append(ProcEvent("scan", 0, 0, 0, time.monotonic_ns()))
         return out
+
+    def self_test(self, timeout: float = _SELF_TEST_S) -> bool:
+        """Start (and join) a thread of our own and wait up to ``timeout`` for the kernel to
+        report it: a connector that accepts every call yet delivers nothing (a namespace
+        the checks did not recognise, a filter) shows here. The event is in the socket by
+        the time the thread has started, so a working connector answers at once. Other
+        events read meanwhile are kept for the next read(); an overrun counts as proof."""
+        t = threading.Thread(target=lambda: None, name="ainative-connector-test")
+        t.start()
+        t.join()
+        me, tid = os.getpid(), t.native_id
+        deadline = time.monotonic() + timeout
+        while True:
+            evs, lost = self._drain()
+            seen = any(e.pid == me and e.tid == tid for e in evs)
+            self._pending += [e for e in evs if not (e.pid == me and e.tid == tid)]
+            self._lost = self._lost or lost
+            if seen or lost:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([self.sock], [], [], left)
 
     def close(self) -> None:
         try:
@@ -179,19 +221,6 @@ class _Seen:
     exe: str | None  # None where it cannot be read (kernel threads, other users' processes)
 
 
-def _read_stat(pid: int) -> tuple[int, int, str] | None:
-    """(start_time, ppid, comm) from /proc/PID/stat, or None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode(errors="replace")
-        # comm may hold spaces and parentheses: it ends at the last ')'.
-        close = raw.rfind(")")
-        fields = raw[close + 2:].split()
-        return int(fields[19]), int(fields[1]), raw[raw.find("(") + 1: close]
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _proc_snapshot() -> dict[int, _Seen]:
     """Every process now, by pid."""
     out: dict[int, _Seen] = {}
@@ -199,14 +228,15 @@ def _proc_snapshot() -> dict[int, _Seen]:
         if not name.isdigit():
             continue
         pid = int(name)
-        stat = _read_stat(pid)
-        if stat is None:
+        try:
+            stat = procfs.read_stat(pid)
+        except (ProcessGone, OSError):
             continue
         try:
             exe: str | None = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             exe = None
-        out[pid] = _Seen(stat[0], stat[1], stat[2], exe)
+        out[pid] = _Seen(stat.start_time, stat.ppid, stat.comm, exe)
     return out
 
 
@@ -276,16 +306,56 @@ class PollSource(ProcessEventSource):
                 pass
 
 
-def open_event_source(poll_interval: float = 0.5) -> ProcessEventSource:
+def _polling(interval: float) -> str:
+    return f"polling /proc every {interval:g} s"
+
+
+def connector_problem() -> str | None:
+    """Why the connector would deliver nothing here though it can be opened (a non-initial
+    PID or user namespace: the kernel ignores a listen request from there), else None."""
+    nested = procfs.nested_namespace()
+    if nested is not None:
+        return f"in a non-initial {nested} namespace the process connector delivers no events"
+    return None
+
+
+def open_error_reason(e: OSError) -> str:
+    """A refusal to open the connector, in words."""
+    if e.errno in (errno.EPERM, errno.EACCES):
+        why = "not permitted (kernels before 6.6 need root / CAP_NET_ADMIN)"
+    elif e.errno == errno.EPROTONOSUPPORT:
+        why = ("kernel built without CONFIG_CONNECTOR / CONFIG_PROC_EVENTS, or not in the "
+               "initial network namespace")
+    else:
+        why = str(e)
+    return f"netlink process connector unavailable: {why}"
+
+
+def open_event_source(poll_interval: float = 0.5, *,
+                      self_test: bool = True) -> ProcessEventSource:
     """The netlink connector when it works, else a poller; the chosen one's ``name`` says
-    which ('netlink' or 'poll') and ``fallback_reason`` why."""
+    which ('netlink' or 'poll') and ``fallback_reason`` why.
+
+    The connector is not even tried in a non-initial PID or user namespace (it would
+    accept everything and deliver nothing). Opened, it must report a thread of our own
+    within 200 ms (``self_test``) or the poller takes over. Either way the caller sees
+    one clear sentence in ``fallback_reason``."""
+    problem = connector_problem()
+    if problem is not None:
+        return PollSource(poll_interval, f"{problem}; {_polling(poll_interval)}")
     try:
-        return NetlinkSource()
+        src = NetlinkSource()
     except OSError as e:
-        if e.errno in (errno.EPERM, errno.EACCES):
-            why = "not permitted (kernels before 6.6 need root / CAP_NET_ADMIN)"
-        elif e.errno == errno.EPROTONOSUPPORT:
-            why = "kernel built without CONFIG_CONNECTOR / CONFIG_PROC_EVENTS"
-        else:
-            why = str(e)
-        return PollSource(poll_interval, f"netlink process connector unavailable: {why}")
+        return PollSource(poll_interval, f"{open_error_reason(e)}; {_polling(poll_interval)}")
+    try:
+        ok = not self_test or src.self_test()
+    except OSError as e:
+        src.close()
+        return PollSource(poll_interval, f"netlink process connector failed its self-test: "
+                          f"{e}; {_polling(poll_interval)}")
+    if not ok:
+        src.close()
+        return PollSource(poll_interval, "the netlink process connector reported no event "
+                          f"for a thread of ours within {_SELF_TEST_S * 1000:.0f} ms; "
+                          + _polling(poll_interval))
+    return src

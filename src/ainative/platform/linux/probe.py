@@ -1,7 +1,9 @@
 """Which kernel mechanisms work here, checked for real and cheaply at start-up.
 
 Nothing here changes anything that outlives the check, and no check may raise: each
-mechanism gets a yes/no and a sentence saying why.
+mechanism gets a yes/no and a sentence saying why. A daemon started without root says
+up front what that costs it (raising priority needs CAP_SYS_NICE; cgroups need a
+writable cgroup mount) rather than failing on the first process it classifies.
 """
 
 from __future__ import annotations
@@ -9,16 +11,15 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ainative.platform.linux import knobs
+from ainative.platform.base import Mechanism
+from ainative.platform.linux import knobs, procfs
 
+__all__ = ["Mechanism", "cap_effective", "probe_mechanisms"]
 
-@dataclass(frozen=True)
-class Mechanism:
-    name: str
-    available: bool
-    detail: str
+CAP_SYS_NICE = 23
+CAP_IPC_LOCK = 14
+_FALLBACK = "falling back to polling /proc"
 
 
 def _read(path: str) -> str:
@@ -27,21 +28,46 @@ def _read(path: str) -> str:
 
 
 def cap_effective(bit: int) -> bool:
-    for line in _read("/proc/self/status").splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> bit & 1)
-    return False
+    """Whether this process holds capability ``bit`` in its effective set."""
+    return procfs.cap_effective(bit)
 
 
 def _netlink() -> Mechanism:
-    from ainative.platform.linux.connector import NetlinkSource
+    from ainative.platform.linux import connector
 
+    problem = connector.connector_problem()
+    if problem is not None:
+        return Mechanism("proc_connector", False, f"{problem}; {_FALLBACK}")
     try:
-        NetlinkSource().close()
-        return Mechanism("proc_connector", True, "netlink process connector: fork/exec/exit")
+        src = connector.NetlinkSource()
     except OSError as e:
-        return Mechanism("proc_connector", False, f"netlink process connector: {e}; "
-                         "falling back to polling /proc")
+        return Mechanism("proc_connector", False,
+                         f"{connector.open_error_reason(e)}; {_FALLBACK}")
+    try:
+        ok = src.self_test()
+    finally:
+        src.close()
+    if not ok:
+        return Mechanism("proc_connector", False, "netlink process connector opened but "
+                         f"reported no event for a thread of ours; {_FALLBACK}")
+    return Mechanism("proc_connector", True, "netlink process connector: fork/exec/exit")
+
+
+def _raise_priority() -> Mechanism:
+    what = "raising priority (negative nice, realtime)"
+    if cap_effective(CAP_SYS_NICE):
+        return Mechanism("raise_priority", True, f"{what}: CAP_SYS_NICE held")
+    detail = (f"{what}: unavailable: needs CAP_SYS_NICE (running as uid {os.geteuid()}); "
+              "other users' processes cannot be changed at all")
+    # The rlimits let an unprivileged user raise its own processes a little.
+    nice_soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    rt_soft = resource.getrlimit(resource.RLIMIT_RTPRIO)[0]
+    if nice_soft == resource.RLIM_INFINITY or nice_soft > 20:
+        floor = -20 if nice_soft == resource.RLIM_INFINITY else max(-20, 20 - nice_soft)
+        detail += f"; RLIMIT_NICE lets its own processes go down to nice {floor}"
+    if rt_soft == resource.RLIM_INFINITY or rt_soft > 0:
+        detail += f"; RLIMIT_RTPRIO allows realtime priority up to {rt_soft}"
+    return Mechanism("raise_priority", False, detail)
 
 
 _POLICIES = ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO", "SCHED_RR")
@@ -81,12 +107,31 @@ def _cgroups() -> Mechanism:
     mgr = CgroupManager("ainative-probe")
     caps = mgr.capabilities()
     layout = caps.pop("layout")
+    uid = os.geteuid()
+    unwritable = [h for h in mgr.managed() if not _writable(h.mount)]
+    for feature, value in list(caps.items()):
+        h = mgr.hierarchy_for(feature)
+        if h is not None and h in unwritable and not value.startswith("unavailable"):
+            caps[feature] = f"unavailable: {h.mount} is not writable by uid {uid}"
     ok = any(not v.startswith("unavailable") for k, v in caps.items() if k != "freeze")
     where = "; ".join(
         f"{'v2' if h.is_v2 else 'v1'} {h.mount}: {','.join(sorted(h.controllers)) or '-'}"
         for h in mgr.hierarchies)
-    return Mechanism("cgroups", ok, f"layout {layout}; " + "; ".join(
+    head = ""
+    if unwritable:
+        mounts = ", ".join(h.mount for h in unwritable)
+        verb = "is" if len(unwritable) == 1 else "are"
+        head = (f"{'unavailable' if not ok else 'partly unavailable'}: {mounts} {verb} "
+                f"not writable by uid {uid}; ")
+    return Mechanism("cgroups", ok, f"{head}layout {layout}; " + "; ".join(
         f"{k}: {v}" for k, v in caps.items()) + f"; controllers: {where}")
+
+
+def _writable(path: str) -> bool:
+    # Whether this process (its effective ids) may create a group there.
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK)
 
 
 def _psi() -> Mechanism:
@@ -96,7 +141,7 @@ def _psi() -> Mechanism:
 
 def _mlock() -> Mechanism:
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    cap = cap_effective(14)  # CAP_IPC_LOCK
+    cap = cap_effective(CAP_IPC_LOCK)
     limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} KiB"
     return Mechanism("mlock", True, f"RLIMIT_MEMLOCK {limit}; CAP_IPC_LOCK "
                      f"{'yes (no limit applies)' if cap else 'no (the limit applies)'}")
@@ -139,7 +184,8 @@ def _uclamp() -> Mechanism:
 
 
 _CHECKS: list[tuple[str, Callable[[], Mechanism]]] = [
-    ("proc_connector", _netlink), ("scheduler", _sched), ("ioprio", _ioprio),
+    ("proc_connector", _netlink), ("scheduler", _sched),
+    ("raise_priority", _raise_priority), ("ioprio", _ioprio),
     ("cgroups", _cgroups), ("psi", _psi), ("mlock", _mlock), ("pidfd", _pidfd),
     ("nvml", _nvml), ("ebpf", _ebpf), ("uclamp", _uclamp),
 ]

@@ -1,8 +1,14 @@
 """Reading processes from /proc: identity, names, credentials, cgroups, threads,
-mapped libraries and the opt-in environment variable.
+mapped libraries, the opt-in environment variable, scheduler statistics and the
+namespaces the daemon itself runs in.
 
-Every reader raises ProcessGone when the process has exited, and PermissionError only
-where the kernel refuses (another user's environ without root, say).
+This is the one place that parses /proc files (stat, status, cgroup, maps, environ,
+schedstat, statm, uid_map): each has a pure ``parse_*`` function (text in, values out,
+testable without a process) and a reader on top. Every reader raises ProcessGone when
+the process has exited, and PermissionError only where the kernel refuses (another
+user's environ without root, say). Everything read here comes from outside the daemon
+and may be written by an unprivileged user (comm, cmdline, environ): parsers bound what
+they read and never trust a field's shape.
 
 Written against /proc directly rather than psutil because the daemon needs fields psutil
 does not give cheaply (start time in ticks as identity, per-thread paths, a bounded read
@@ -11,17 +17,25 @@ of maps and environ) and runs these on every fork/exec event.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 from ainative.platform.base import ProcessGone, ProcessInfo, TaskId
 
 PROC = "/proc"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Flag in /proc/PID/stat field 9 marking kernel threads (include/linux/sched.h).
 _PF_KTHREAD = 0x00200000
+# Inode numbers the kernel gives its initial namespaces (include/linux/proc_ns.h); fixed
+# since Linux 3.8, so "pid:[4026531836]" names the initial PID namespace on every kernel.
+PROC_USER_INIT_INO = 0xEFFFFFFD
+PROC_PID_INIT_INO = 0xEFFFFFFC
+_FULL_UID_MAP = [(0, 0, 4294967295)]
 
 
 def _path(pid: int, tid: int | None, name: str) -> str:
@@ -38,40 +52,101 @@ def _read(path: str, pid: int, limit: int = 1 << 16) -> bytes:
         raise ProcessGone(f"process {pid} has exited") from e
     except OSError as e:
         # ESRCH shows up for a zombie's files on some kernels.
-        if e.errno == 3:
+        if e.errno == errno.ESRCH:
             raise ProcessGone(f"process {pid} has exited") from e
         raise
 
 
-def _stat_fields(pid: int, tid: int | None = None) -> list[str]:
-    """Fields of /proc/PID/stat from field 3 on (comm may hold spaces and parentheses,
-    so split after its last ')'). Index 0 here is field 3 (state)."""
-    raw = _read(_path(pid, tid, "stat"), pid).decode(errors="replace")
+# --- /proc/PID/stat ---
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat the daemon uses (times in clock ticks)."""
+
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    utime: int
+    stime: int
+    num_threads: int
+    start_time: int  # field 22: clock ticks since boot, the identity's second half
+    policy: int  # field 41; 0 on kernels too old to show it
+
+
+def parse_stat(raw: str) -> Stat:
+    """Parse one /proc/PID/stat line. comm may hold spaces and parentheses (a process
+    names itself), so it ends at the last ')'. Raises ValueError when malformed."""
+    open_ = raw.find("(")
     close = raw.rfind(")")
-    if close < 0:
-        raise ProcessGone(f"process {pid}: unreadable stat")
-    return raw[close + 2:].split()
+    if open_ < 0 or close < open_:
+        raise ValueError("no (comm) in stat")
+    f = raw[close + 2:].split()  # f[0] is field 3 (state)
+    if len(f) < 20:
+        raise ValueError(f"stat has {len(f) + 2} fields")
+    return Stat(comm=raw[open_ + 1: close], state=f[0], ppid=int(f[1]), flags=int(f[6]),
+                utime=int(f[11]), stime=int(f[12]), num_threads=int(f[17]),
+                start_time=int(f[19]), policy=int(f[38]) if len(f) > 38 else 0)
 
 
-def list_pids() -> list[int]:
-    return sorted(int(n) for n in os.listdir(PROC) if n.isdigit())
-
-
-def task_id(pid: int, tid: int | None = None) -> TaskId:
-    """Identity of a process (or of one of its threads when tid is given)."""
-    fields = _stat_fields(pid, tid)
-    return TaskId(tid if tid is not None else pid, int(fields[19]))
-
-
-@lru_cache(maxsize=1024)
-def _user_name(uid: int) -> str | None:
+def read_stat(pid: int, tid: int | None = None) -> Stat:
+    """/proc/PID/stat (or one thread's, when tid is given)."""
+    raw = _read(_path(pid, tid, "stat"), pid).decode(errors="replace")
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
+        return parse_stat(raw)
+    except ValueError as e:
+        raise ProcessGone(f"process {pid}: unreadable stat ({e})") from e
 
 
-def _parse_cgroup(text: str) -> dict[str, str]:
+# --- /proc/PID/status ---
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """'Key:\tvalue' lines of /proc/PID/status as {key: value}, values stripped."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key] = value.strip()
+    return out
+
+
+def read_status(pid: int | str, tid: int | None = None) -> dict[str, str]:
+    """/proc/PID/status; pid may be "self"."""
+    if isinstance(pid, str):
+        if pid != "self":
+            raise ValueError(f"bad pid {pid!r}")
+        path = f"{PROC}/self/status"
+        text = _read(path, os.getpid()).decode(errors="replace")
+    else:
+        text = _read(_path(pid, tid, "status"), pid).decode(errors="replace")
+    return parse_status(text)
+
+
+def status_uid(status: dict[str, str]) -> int:
+    """The real uid (whose process it is) from parsed status; -1 when absent."""
+    try:
+        return int(status.get("Uid", "").split()[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def cap_effective(bit: int, status: dict[str, str] | None = None) -> bool:
+    """Whether capability ``bit`` is in the effective set (of this process by default)."""
+    st = read_status("self") if status is None else status
+    try:
+        return bool(int(st.get("CapEff", "0"), 16) >> bit & 1)
+    except ValueError:
+        return False
+
+
+# --- /proc/PID/cgroup ---
+
+
+def parse_cgroup(text: str) -> dict[str, str]:
+    """{hierarchy-key: path}: "0" for the v2 hierarchy, the controller list ("cpu,cpuacct")
+    or "name=..." for v1 ones, as /proc/PID/cgroup spells them."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -85,38 +160,171 @@ def _parse_cgroup(text: str) -> dict[str, str]:
     return out
 
 
+_parse_cgroup = parse_cgroup  # the name it had before
+
+
+def read_cgroup(pid: int) -> dict[str, str]:
+    return parse_cgroup(_read(_path(pid, None, "cgroup"), pid).decode(errors="replace"))
+
+
+# --- /proc/PID/maps, environ ---
+
+
+def parse_maps(data: bytes) -> list[str]:
+    """Distinct file paths in /proc/PID/maps text, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for line in data.split(b"\n"):
+        # address perms offset dev inode pathname — the path starts at the first '/'.
+        slash = line.find(b"/")
+        if slash < 0:
+            continue
+        path = line[slash:].decode(errors="replace")
+        if path.endswith(" (deleted)"):
+            path = path[: -len(" (deleted)")]
+        seen.setdefault(path, None)
+    return list(seen)
+
+
+def parse_environ(data: bytes, name: str) -> str | None:
+    """The value of ``name`` in NUL-separated environ bytes (first match), or None."""
+    prefix = name.encode() + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode(errors="replace")
+    return None
+
+
+# --- /proc/PID/schedstat, statm ---
+
+
+def parse_schedstat(text: str) -> tuple[int, int, int]:
+    """(ns on CPU, ns runnable but waiting for a CPU, timeslices) from schedstat."""
+    f = text.split()
+    if len(f) < 3:
+        raise ValueError("schedstat has fewer than 3 fields")
+    return int(f[0]), int(f[1]), int(f[2])
+
+
+def read_schedstat(pid: int, tid: int | None = None) -> tuple[int, int, int]:
+    """A thread's (or the process's main thread's) schedstat; ProcessGone when gone."""
+    text = _read(_path(pid, tid, "schedstat"), pid).decode(errors="replace")
+    try:
+        return parse_schedstat(text)
+    except ValueError as e:
+        raise ProcessGone(f"process {pid}: unreadable schedstat ({e})") from e
+
+
+def parse_statm(text: str) -> tuple[int, int]:
+    """(size, resident) in pages from /proc/PID/statm."""
+    f = text.split()
+    if len(f) < 2:
+        raise ValueError("statm has fewer than 2 fields")
+    return int(f[0]), int(f[1])
+
+
+def rss_bytes(pid: int) -> int:
+    text = _read(_path(pid, None, "statm"), pid).decode(errors="replace")
+    try:
+        return parse_statm(text)[1] * _PAGE_SIZE
+    except ValueError as e:
+        raise ProcessGone(f"process {pid}: unreadable statm ({e})") from e
+
+
+# --- the daemon's own namespaces ---
+
+
+def parse_uid_map(text: str) -> list[tuple[int, int, int]]:
+    """(inside, outside, count) lines of /proc/PID/uid_map."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 3:
+            out.append((int(f[0]), int(f[1]), int(f[2])))
+    return out
+
+
+def _ns_inode(kind: str) -> int | None:
+    # The link reads "pid:[4026531836]"; None where it cannot be read (some sandboxes).
+    try:
+        link = os.readlink(f"{PROC}/self/ns/{kind}")
+    except OSError:
+        return None
+    try:
+        return int(link[link.index("[") + 1: link.rindex("]")])
+    except ValueError:
+        return None
+
+
+def nested_namespace() -> str | None:
+    """'PID' or 'user' when this process runs in a non-initial PID or user namespace
+    (where the kernel's process connector delivers nothing), else None.
+
+    NSpid with more than one id shows a nested PID namespace when /proc is the host's; a
+    /proc mounted inside the namespace shows one id, so the namespace's inode is checked
+    against the initial one as well. A uid_map other than the identity over all 2^32 uids
+    shows a nested user namespace; a child namespace mapping them all looks the same, so
+    the inode is checked there too."""
+    try:
+        nspid = read_status("self").get("NSpid", "").split()
+    except (OSError, ProcessGone):
+        nspid = []
+    ino = _ns_inode("pid")
+    if len(nspid) > 1 or (ino is not None and ino != PROC_PID_INIT_INO):
+        return "PID"
+    try:
+        with open(f"{PROC}/self/uid_map") as fh:
+            uid_map = parse_uid_map(fh.read())
+    except (OSError, ValueError):
+        uid_map = _FULL_UID_MAP  # no user namespaces in this kernel: the initial one
+    ino = _ns_inode("user")
+    if uid_map != _FULL_UID_MAP or (ino is not None and ino != PROC_USER_INIT_INO):
+        return "user"
+    return None
+
+
+# --- processes ---
+
+
+def list_pids() -> list[int]:
+    return sorted(int(n) for n in os.listdir(PROC) if n.isdigit())
+
+
+def task_id(pid: int, tid: int | None = None) -> TaskId:
+    """Identity of a process (or of one of its threads when tid is given)."""
+    return TaskId(tid if tid is not None else pid, read_stat(pid, tid).start_time)
+
+
+@lru_cache(maxsize=1024)
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
 def process_name(pid: int) -> str:
     """The process's comm (one small read: what a rule on the parent's name needs)."""
     return _read(_path(pid, None, "comm"), pid).decode(errors="replace").rstrip("\n")
 
 
 def read_process(pid: int) -> ProcessInfo:
-    fields = _stat_fields(pid)
-    ident = TaskId(pid, int(fields[19]))
-    ppid = int(fields[1])
-    flags = int(fields[6])
-    num_threads = int(fields[17])
-    policy = int(fields[38]) if len(fields) > 38 else 0
+    st = read_stat(pid)
+    ident = TaskId(pid, st.start_time)
     comm = process_name(pid)
     cmd_raw = _read(_path(pid, None, "cmdline"), pid, 1 << 16)
     cmdline = [a.decode(errors="replace") for a in cmd_raw.split(b"\0")[:-1]] if cmd_raw else []
     try:
         exe: str | None = os.readlink(_path(pid, None, "exe"))
-    except (FileNotFoundError, PermissionError, ProcessLookupError):
-        exe = None  # kernel threads have none; zombies lose it
     except OSError:
-        exe = None
-    uid = -1
-    for line in _read(_path(pid, None, "status"), pid).decode(errors="replace").splitlines():
-        if line.startswith("Uid:"):
-            uid = int(line.split()[1])  # real uid: whose process it is
-            break
-    cgroups = _parse_cgroup(_read(_path(pid, None, "cgroup"), pid).decode(errors="replace"))
+        exe = None  # kernel threads have none; zombies lose it; another user's is refused
+    uid = status_uid(read_status(pid))
+    cgroups = read_cgroup(pid)
     info = ProcessInfo(
-        ident=ident, ppid=ppid, comm=comm, exe=exe, cmdline=cmdline, uid=uid,
+        ident=ident, ppid=st.ppid, comm=comm, exe=exe, cmdline=cmdline, uid=uid,
         user=_user_name(uid) if uid >= 0 else None, cgroups=cgroups,
-        is_kernel_thread=bool(flags & _PF_KTHREAD) or (pid != 1 and ppid == 2) or pid == 2,
-        policy=policy, num_threads=num_threads,
+        is_kernel_thread=(bool(st.flags & _PF_KTHREAD) or (pid != 1 and st.ppid == 2)
+                          or pid == 2),
+        policy=st.policy, num_threads=st.num_threads,
     )
     # The PID may have been reused between the first and the last read.
     if task_id(pid) != ident:
@@ -144,37 +352,21 @@ def iter_processes() -> Iterator[ProcessInfo]:
 def mapped_files(pid: int, max_bytes: int = 4 << 20) -> list[str]:
     """Distinct file paths mapped by the process (from /proc/PID/maps), reading at most
     max_bytes so a process with a huge map cannot stall the daemon."""
-    data = _read(_path(pid, None, "maps"), pid, max_bytes)
-    seen: dict[str, None] = {}
-    for line in data.split(b"\n"):
-        # address perms offset dev inode pathname — the path starts at the first '/'.
-        slash = line.find(b"/")
-        if slash < 0:
-            continue
-        path = line[slash:].decode(errors="replace")
-        if path.endswith(" (deleted)"):
-            path = path[: -len(" (deleted)")]
-        seen.setdefault(path, None)
-    return list(seen)
+    return parse_maps(_read(_path(pid, None, "maps"), pid, max_bytes))
 
 
 def environ_value(pid: int, name: str, max_bytes: int = 1 << 20) -> str | None:
-    data = _read(_path(pid, None, "environ"), pid, max_bytes)
-    prefix = name.encode() + b"="
-    for entry in data.split(b"\0"):
-        if entry.startswith(prefix):
-            return entry[len(prefix):].decode(errors="replace")
-    return None
+    return parse_environ(_read(_path(pid, None, "environ"), pid, max_bytes), name)
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) seconds."""
-    fields = _stat_fields(pid)
-    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+    st = read_stat(pid)
+    return st.utime / _CLK_TCK, st.stime / _CLK_TCK
 
 
 def parent_pid(pid: int) -> int:
-    return int(_stat_fields(pid)[1])
+    return read_stat(pid).ppid
 
 
 def is_descendant(pid: int, ancestor: int) -> bool:

@@ -1,0 +1,266 @@
+"""The supervisor: process events -> classification -> engine.
+
+It owns the classifier and the engine and is the one place that decides what an event
+means: an exec is a new program to classify; a fork of a managed process is a child
+that inherited our values (managed itself, or put back); an exit purges every table
+entry of that pid; a library re-check timer looks again at a process that may load a
+runtime late; a rule swap re-targets the processes already managed.
+
+Platform-free and single-threaded: the daemon's loop feeds it events and timer ticks,
+the API asks it to register, restore and resume. Unit-tested with a fake backend.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ainative import log
+from ainative.core.classifier import Classifier, Decision
+from ainative.core.engine import Engine, Managed, UndoReport
+from ainative.core.journal import Journal
+from ainative.core.rules import RuleSet
+from ainative.platform.backend import Backend
+from ainative.platform.base import ProcessGone, ProcEvent, TaskId
+
+# Pending library re-checks are kept in a heap; entries of exited processes are dropped
+# lazily, and the heap is rebuilt when it holds this many times more entries than live
+# processes waiting, so an exec storm cannot grow it without bound.
+_TIMER_SLACK = 4
+
+
+class Refused(Exception):
+    """A request the supervisor will not carry out; the message says why."""
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    scope_pid: int | None = None
+    dry_run: bool = False
+    cgroups: bool = True
+    self_pid: int | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        backend: Backend,
+        rules: RuleSet,
+        journal: Journal | None,
+        config: SupervisorConfig = SupervisorConfig(),
+        *,
+        gpu_pids: Callable[[], set[int]] = set,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.rules = rules
+        self.cfg = config
+        self.clock = clock
+        self.classifier = Classifier(
+            backend, rules, self_pid=config.self_pid if config.self_pid else os.getpid(),
+            scope_pid=config.scope_pid, gpu_pids=gpu_pids, clock=clock)
+        self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
+                             cgroups_enabled=config.cgroups)
+        self._timers: list[tuple[float, int, TaskId]] = []
+        self._waiting: dict[TaskId, float] = {}  # identity -> due time of its re-check
+
+    # --- start and stop ---
+
+    def recover(self) -> UndoReport | None:
+        """Undo what a previous run left in force (it died without undoing)."""
+        journal = self.engine.journal
+        if journal is None or not journal.in_force():
+            return None
+        rep = self.engine.restore_all(pause=False)
+        self._cleanup()
+        return rep
+
+    def stop(self) -> UndoReport:
+        """Undo everything (children and threads that inherited included), remove the
+        empty groups, release every pin."""
+        rep = self.engine.restore_all(pause=True)
+        self._cleanup()
+        for ident in list(self.engine.managed):
+            self.engine.forget(ident, "daemon stopping")
+        return rep
+
+    def _cleanup(self) -> None:
+        if self.cfg.dry_run:
+            return
+        try:
+            self.backend.cleanup()
+        except (OSError, ValueError) as e:
+            log.warn("cleanup_failed", error=str(e))
+
+    # --- events ---
+
+    def on_event(self, ev: ProcEvent) -> None:
+        kind, pid, tid = ev.kind, ev.pid, ev.tid
+        if kind == "scan":
+            self.full_scan()
+        elif kind == "exec":
+            # A new program: what was mapped before (same pid, same start time) is gone.
+            self.classifier.forget_pid(pid)
+            self.examine(pid)
+        elif kind == "comm":
+            self.examine(pid)
+        elif kind == "fork":
+            if tid != pid:
+                self.engine.on_new_thread(pid, tid)
+            elif self.managed_by_pid(ev.parent_pid) is not None:
+                # Only a managed parent's fork matters now (inherited values); any other
+                # fork is looked at when it execs, which keeps busy build machines cheap.
+                self.examine(pid, parent_pid=ev.parent_pid)
+        elif kind == "exit" and tid == pid:
+            self.on_exit(pid)
+
+    def on_exit(self, pid: int) -> None:
+        for ident in [i for i in self.engine.managed if i.pid == pid]:
+            self.engine.forget(ident, "exited")
+        self.classifier.forget_exited(pid)
+        for ident in [i for i in self._waiting if i.pid == pid]:
+            del self._waiting[ident]
+
+    def managed_by_pid(self, pid: int) -> Managed | None:
+        for ident, m in self.engine.managed.items():
+            if ident.pid == pid:
+                return m
+        return None
+
+    # --- classification ---
+
+    def decide(self, pid: int) -> Decision:
+        """The classifier's decision for pid now (for explain); ProcessGone if none."""
+        info = self.backend.read_process(pid)
+        managed = info.ident in self.engine.managed
+        return self.classifier.classify(info, managed=managed, libraries=True)
+
+    def examine(self, pid: int, parent_pid: int | None = None) -> None:
+        try:
+            info = self.backend.read_process(pid)
+        except (ProcessGone, PermissionError, OSError):
+            return
+        managed = self.engine.managed.get(info.ident)
+        try:
+            d = self.classifier.classify(info, managed=managed is not None, libraries=True)
+        except ProcessGone:
+            return
+        except (PermissionError, OSError) as e:
+            log.debug("classify_failed", pid=pid, error=str(e))
+            return
+        if d.excluded:
+            return
+        parent = self.managed_by_pid(parent_pid if parent_pid else info.ppid)
+        if d.cls is None:
+            if managed is not None:
+                self.engine.manage(d)
+            elif parent is not None and parent_pid is not None:
+                self.engine.reset_inherited(pid, parent)
+            self._schedule(info.ident)
+            return
+        self.engine.manage(d, inherited=parent if parent_pid is not None else None)
+
+    def full_scan(self) -> None:
+        alive: set[TaskId] = set()
+        for pid in self.backend.list_pids():
+            try:
+                alive.add(self.backend.task_id(pid))
+            except ProcessGone:
+                continue
+            self.examine(pid)
+        self.classifier.forget_gone(alive)
+        for ident in [i for i in self.engine.managed if i not in alive]:
+            self.engine.forget(ident, "exited")
+        self._waiting = {i: t for i, t in self._waiting.items() if i in alive}
+        self._rebuild_timers()
+
+    # --- library re-check timers ---
+
+    def _schedule(self, ident: TaskId) -> None:
+        due = self.classifier.next_library_check(ident)
+        if due is None:
+            return
+        self._waiting[ident] = due
+        heapq.heappush(self._timers, (due, ident.pid, ident))
+        if len(self._timers) > _TIMER_SLACK * max(64, len(self._waiting)):
+            self._rebuild_timers()
+
+    def _rebuild_timers(self) -> None:
+        self._timers = [(t, i.pid, i) for i, t in self._waiting.items()]
+        heapq.heapify(self._timers)
+
+    def next_timer(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def run_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            due, _, ident = heapq.heappop(self._timers)
+            if self._waiting.get(ident) != due:
+                continue  # superseded or purged
+            del self._waiting[ident]
+            if ident in self.engine.managed:
+                continue
+            try:
+                if self.backend.task_id(ident.pid) != ident:
+                    self.classifier.forget(ident)
+                    continue
+            except ProcessGone:
+                self.classifier.forget(ident)
+                continue
+            if self.classifier.library_recheck_due(ident):
+                self.examine(ident.pid)
+            else:
+                self._schedule(ident)
+
+    def reconcile(self) -> None:
+        self.engine.reconcile()
+
+    # --- requests ---
+
+    def swap_rules(self, rules: RuleSet) -> None:
+        """New rules in force: processes whose class changed or went are undone and
+        classified again under the new rules, everything else re-checked."""
+        self.rules = rules
+        self.classifier.rules = rules
+        for ident in self.engine.set_classes(rules.classes):
+            self.examine(ident.pid)
+        self.full_scan()
+
+    def register(self, pid: int, cls: str, uid: int) -> Managed:
+        """Registration by uid (root: 0) of pid into cls. Raises Refused."""
+        if cls not in self.rules.classes:
+            known = ", ".join(sorted(self.rules.classes))
+            raise Refused(f"unknown class {cls!r}; known: {known}")
+        try:
+            info = self.backend.read_process(pid)
+        except ProcessGone as e:
+            raise Refused(f"no process {pid}") from e
+        if uid != 0 and info.uid != uid:
+            raise Refused(f"process {pid} belongs to uid {info.uid}; you (uid {uid}) may "
+                          "only register your own processes")
+        refused = self.classifier.refusal(cls, uid)
+        if refused:
+            raise Refused(refused)
+        excluded = self.classifier.exclusion(info, info.ident in self.engine.managed)
+        if excluded:
+            raise Refused(f"process {pid} cannot be managed: {excluded}")
+        self.classifier.registrations[info.ident] = (cls, uid)
+        self.examine(pid)
+        m = self.engine.managed.get(info.ident)
+        if m is None:
+            raise Refused(f"process {pid} cannot be managed (it exited or changed)")
+        log.event("registered", pid=pid, cls=cls, by_uid=uid)
+        return m
+
+    def restore(self) -> UndoReport:
+        rep = self.engine.restore_all(pause=True)
+        self._cleanup()
+        return rep
+
+    def resume(self) -> None:
+        self.engine.resume()
+        self.full_scan()
