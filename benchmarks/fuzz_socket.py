@@ -140,12 +140,12 @@ def _long_line(rng: random.Random, me: int) -> bytes:
 # Built here, in the parent: a child running as uid 65534 may not be able to import the
 # codecs these need (the interpreter's files may be unreadable to it).
 _NUL_UTF8 = [
-        b'{"op":"ping\x00"}', b'{"op":"ping"}\x00', b"\x00" * 7, b"\x00" * 100,
-        b'{"op":"\xff\xfe"}', b'{"op":"\xc0\xaf"}', b'\xef\xbb\xbf{"op":"ping"}',
-        '{"op":"ping"}'.encode("utf-16"), '{"op":"ping"}'.encode("utf-32-le"),
-        b'{"op":"\\ud800"}', b'{"op":"ping","x":"\\udfff\\u0000"}', b'{"op":"\xed\xa0\x80"}',
-        b'{"op":"ping","pid":NaN}', b'{"op":"explain","pid":Infinity}', b"\r\n\r\n",
-        b'{"op":"ping"}\r', b"\x1b[2J\x07", b'{"op": "ping", "op": "status"}',
+    b'{"op":"ping\x00"}', b'{"op":"ping"}\x00', b"\x00" * 7, b"\x00" * 100,
+    b'{"op":"\xff\xfe"}', b'{"op":"\xc0\xaf"}', b'\xef\xbb\xbf{"op":"ping"}',
+    '{"op":"ping"}'.encode("utf-16"), '{"op":"ping"}'.encode("utf-32-le"),
+    b'{"op":"\\ud800"}', b'{"op":"ping","x":"\\udfff\\u0000"}', b'{"op":"\xed\xa0\x80"}',
+    b'{"op":"ping","pid":NaN}', b'{"op":"explain","pid":Infinity}', b"\r\n\r\n",
+    b'{"op":"ping"}\r', b"\x1b[2J\x07", b'{"op": "ping", "op": "status"}',
 ]
 
 

@@ -3,6 +3,7 @@ only a process this test starts."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import uuid
@@ -12,14 +13,18 @@ from pathlib import Path
 import pytest
 
 from ainative.platform.base import ProcessGone
+from ainative.platform.linux.backend import LinuxBackend
 from ainative.platform.linux.cgroups import (
     CgroupManager,
     CgroupSettings,
+    Hierarchy,
+    check_rel_path,
     discover,
+    kernel_at_least,
     weight_to_shares,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating cgroups needs root")
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="creating cgroups needs root")
 
 
 def proc_cgroups(pid: int) -> dict[str, str]:
@@ -55,6 +60,7 @@ def test_discover_matches_proc_self_cgroup() -> None:
         assert Path(h.mount, "cgroup.procs").exists()
 
 
+@root_only
 def test_capabilities_say_where_each_feature_lives(mgr: CgroupManager) -> None:
     caps = mgr.capabilities()
     assert caps["layout"] in ("v1", "v2", "hybrid")
@@ -70,6 +76,7 @@ def test_capabilities_say_where_each_feature_lives(mgr: CgroupManager) -> None:
         assert caps["cpu_weight"].startswith("unavailable")
 
 
+@root_only
 def test_group_settings_are_written(mgr: CgroupManager) -> None:
     made = mgr.ensure_group("inference", CgroupSettings(cpu_weight=10000, cpuset_cpus="0"))
     assert made
@@ -91,6 +98,7 @@ def test_group_settings_are_written(mgr: CgroupManager) -> None:
             assert int(Path(d, "cpu.shares").read_text()) == weight_to_shares(200)
 
 
+@root_only
 def test_idle_group(mgr: CgroupManager) -> None:
     if not mgr.capabilities()["cpu_idle"].startswith(("v1", "v2")):
         pytest.skip(f"cpu.idle: {mgr.capabilities()['cpu_idle']}")
@@ -98,6 +106,7 @@ def test_idle_group(mgr: CgroupManager) -> None:
     assert any(Path(d, "cpu.idle").read_text().strip() == "1" for d in made.values())
 
 
+@root_only
 def test_move_and_move_back(mgr: CgroupManager, sleeper: subprocess.Popen[bytes]) -> None:
     made = mgr.ensure_group("inference", CgroupSettings(cpu_weight=5000))
     before = mgr.current(sleeper.pid)
@@ -115,6 +124,7 @@ def test_move_and_move_back(mgr: CgroupManager, sleeper: subprocess.Popen[bytes]
     assert mgr.members("inference") == set()
 
 
+@root_only
 def test_move_back_to_vanished_group_goes_to_root(mgr: CgroupManager,
                                                   sleeper: subprocess.Popen[bytes]) -> None:
     made = mgr.ensure_group("a", CgroupSettings(cpu_weight=100))
@@ -129,6 +139,7 @@ def test_move_back_to_vanished_group_goes_to_root(mgr: CgroupManager,
         assert cur[key] == "/"
 
 
+@root_only
 def test_remove_all_keeps_a_group_with_processes(mgr: CgroupManager,
                                                  sleeper: subprocess.Popen[bytes]) -> None:
     mgr.ensure_group("inference", CgroupSettings(cpu_weight=300))
@@ -140,6 +151,7 @@ def test_remove_all_keeps_a_group_with_processes(mgr: CgroupManager,
     assert mgr.owned_groups() == []
 
 
+@root_only
 def test_gone_process_and_bad_names(mgr: CgroupManager) -> None:
     p = subprocess.Popen(["true"])
     p.wait()
@@ -159,3 +171,123 @@ def test_weight_to_shares_clamps() -> None:
     assert weight_to_shares(1) == 10
     assert weight_to_shares(0) == 2
     assert weight_to_shares(10**6) == 262144
+
+
+def test_kernel_version_and_idle_on_v2_without_the_cpu_controller_enabled(
+        tmp_path: Path) -> None:
+    assert kernel_at_least(5, 15, "5.15.0-91-generic") and kernel_at_least(5, 15, "6.1.0")
+    assert not kernel_at_least(5, 15, "5.10.209") and not kernel_at_least(5, 15, "garbage")
+    # A v2 root whose children have no cpu files yet (cpu not in the root's subtree_control):
+    # the kernel version decides, not a random child group.
+    (tmp_path / "some.slice").mkdir()
+    h = Hierarchy("0", str(tmp_path), frozenset({"cpu", "memory"}))
+    mgr = CgroupManager.__new__(CgroupManager)
+    assert mgr._idle_supported(h) == kernel_at_least(5, 15)
+    assert not mgr._idle_supported(Hierarchy("0", str(tmp_path), frozenset({"memory"})))
+
+
+def test_journal_paths_that_climb_out_are_refused(tmp_path: Path) -> None:
+    mount = tmp_path / "mnt"
+    (mount / "a" / "b").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (mount / "link").symlink_to(tmp_path / "outside")
+    assert check_rel_path(str(mount), "/a/b") == str(mount / "a" / "b")
+    assert check_rel_path(str(mount), "/") == str(mount) + "/"
+    for bad, why in (("/a/../../outside", "'..' component"), ("/..", "'..' component"),
+                     ("a/..", "'..' component"), ("/a\0b", "NUL byte"),
+                     ("/link", "resolves outside"), ("/link/x", "resolves outside")):
+        with pytest.raises(ValueError, match=why):
+            check_rel_path(str(mount), bad)
+    with pytest.raises(ValueError, match="must be a string"):
+        check_rel_path(str(mount), ["/a"])
+
+
+@root_only
+def test_move_back_with_a_bad_path_moves_nothing(mgr: CgroupManager,
+                                                 sleeper: subprocess.Popen[bytes]) -> None:
+    made = mgr.ensure_group("inference", CgroupSettings(cpu_weight=300))
+    before = mgr.current(sleeper.pid)
+    prev = mgr.move(sleeper.pid, "inference")
+    now = mgr.current(sleeper.pid)
+    key = next(iter(made))
+    for bad in ("/../../..", "/x\0y", 42):
+        tampered = {**prev, key: bad}
+        with pytest.raises(ValueError):
+            mgr.move_back(sleeper.pid, tampered)  # type: ignore[arg-type]
+        assert mgr.current(sleeper.pid) == now  # not even the good entries moved
+    mgr.move_back(sleeper.pid, prev)
+    assert mgr.current(sleeper.pid) == before
+
+
+@root_only
+def test_a_group_left_idle_by_a_crash_takes_a_weight(mgr: CgroupManager) -> None:
+    cpu = mgr.hierarchy_for("cpu_weight")
+    if cpu is None or not mgr.capabilities()["cpu_idle"].startswith(("v1", "v2")):
+        pytest.skip(f"cpu.idle: {mgr.capabilities()['cpu_idle']}")
+    made = mgr.ensure_group("background", CgroupSettings(cpu_weight=100))
+    d = Path(made[cpu.key])
+    # What a crashed daemon leaves: the group still idle. The kernel then refuses a weight.
+    (d / "cpu.idle").write_text("1")
+    weight_file = "cpu.weight" if cpu.is_v2 else "cpu.shares"
+    with pytest.raises(OSError):
+        fd = os.open(d / weight_file, os.O_WRONLY)
+        try:
+            os.write(fd, b"50" if cpu.is_v2 else b"512")
+        finally:
+            os.close(fd)
+    # A class that no longer asks for idle: idle is reset first, then the weight goes in.
+    mgr.ensure_group("background", CgroupSettings(cpu_weight=50))
+    assert (d / "cpu.idle").read_text().strip() == "0"
+    expect = "50" if cpu.is_v2 else str(weight_to_shares(50))
+    assert (d / weight_file).read_text().strip() == expect
+    # Asking for idle again (weight too) works from either state, and keeps it idle.
+    for _ in range(2):
+        mgr.ensure_group("background", CgroupSettings(cpu_weight=1, cpu_idle=True))
+        assert (d / "cpu.idle").read_text().strip() == "1"
+    # And back to a plain weight, explicitly not idle.
+    mgr.ensure_group("background", CgroupSettings(cpu_weight=200, cpu_idle=False))
+    assert (d / "cpu.idle").read_text().strip() == "0"
+
+
+@root_only
+def test_backend_members_root_path_and_cleanup(sleeper: subprocess.Popen[bytes]) -> None:
+    be = LinuxBackend(cgroup_root=f"ainative-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        assert be.cgroup_members() == {}
+        paths = be.cgroup_prepare("inference", {"cpu_weight": 300})
+        assert paths and set(be.cgroup_dirs("inference")) == set(paths)
+        roots = be.cgroup_root_path()
+        assert set(paths) <= set(roots) and set(roots.values()) == {"/"}
+        before = be.get_knob(sleeper.pid, "cgroup")
+        be.set_knob(sleeper.pid, "cgroup", paths)
+        # A child started inside inherits the group: it is a member too.
+        child = subprocess.Popen(["sleep", "60"])
+        try:
+            be.set_knob(child.pid, "cgroup", paths)
+            members = be.cgroup_members()
+            assert set(members) == {sleeper.pid, child.pid}
+            assert all(m[k] == p for m in members.values() for k, p in paths.items())
+            # Busy: not removed, and it says why.
+            failed = be.cleanup()
+            assert failed and all("still holds 2 processes" in v for v in failed.values())
+            be.set_knob(child.pid, "cgroup", roots)
+        finally:
+            child.kill()
+            child.wait()
+        be.set_knob(sleeper.pid, "cgroup", before)
+        assert be.get_knob(sleeper.pid, "cgroup") == before
+        assert be.cgroup_members() == {}
+        assert be.cleanup() == {}
+        assert be.cgroup_dirs("inference") == {}
+    finally:
+        be.cgroups.remove_all()
+
+
+def test_cleanup_without_cgroups_is_quiet(tmp_path: Path) -> None:
+    be = LinuxBackend(cgroup_mount=str(tmp_path))
+    assert be.cleanup() == {} and be.cgroup_members() == {} and be.cgroup_root_path() == {}
+    for _ in range(2):  # the first failure is remembered, and said the same way
+        with pytest.raises(OSError, match="^cgroups unavailable: no cgroup filesystem "
+                           "mounted under ") as ei:
+            be.cgroup_prepare("x", {"cpu_weight": 1})
+        assert ei.value.errno == errno.ENOENT

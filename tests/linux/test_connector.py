@@ -4,6 +4,7 @@ test starts."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -72,9 +73,15 @@ def test_netlink_reports_threads_with_their_process() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the process connector needs CAP_NET_ADMIN")
-def test_netlink_overrun_asks_for_one_rescan() -> None:
+def test_netlink_overrun_asks_for_one_rescan_and_is_counted() -> None:
     src = NetlinkSource()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("ainative")  # its own handler: log.setup() stops propagation
+    logger.addHandler(handler)
     try:
+        assert src.overruns == 0
         # The smallest buffer the kernel allows, then a burst nobody reads: the kernel
         # drops events and says so with ENOBUFS on the next recv.
         src.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
@@ -84,12 +91,64 @@ def test_netlink_overrun_asks_for_one_rescan() -> None:
         evs = src.read()
         scans = [e for e in evs if e.kind == "scan"]
         assert len(scans) == 1 and evs[-1].kind == "scan", [e.kind for e in evs]
+        first = src.overruns
+        assert first >= 1
+        counts = [getattr(r, "fields", {}).get("count") for r in records
+                  if r.getMessage() == "event_overrun" and r.levelno == logging.WARNING]
+        assert counts == list(range(1, first + 1))
+        # A second burst overruns again: the count grows.
+        procs = [subprocess.Popen(["/bin/true"]) for _ in range(60)]
+        for p in procs:
+            p.wait()
+        assert [e.kind for e in src.read() if e.kind == "scan"] == ["scan"]
+        assert src.overruns > first
         # Once drained, the next burst arrives whole and needs no rescan.
         src.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        counted = src.overruns
         p = subprocess.Popen(["/bin/true"])
         p.wait()
         evs = collect(src, lambda e: e.pid == p.pid or e.kind == "scan")
         assert [e.kind for e in evs] == ["fork", "exec", "exit"]
+        assert src.overruns == counted
+    finally:
+        logger.removeHandler(handler)
+        src.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the process connector needs CAP_NET_ADMIN")
+def test_self_test_keeps_the_events_it_read_and_hides_its_own() -> None:
+    src = NetlinkSource()
+    try:
+        p = subprocess.Popen(["/bin/true"])
+        p.wait()
+        t0 = time.monotonic()
+        assert src.self_test()
+        assert time.monotonic() - t0 < 0.2
+        evs = src.read()
+        assert [e.kind for e in evs if e.pid == p.pid] == ["fork", "exec", "exit"]
+        # The test thread's own fork/exit are not passed on.
+        assert not [e for e in evs if e.pid == os.getpid() and e.tid != os.getpid()]
+    finally:
+        src.close()
+
+
+def test_a_silent_connector_falls_back_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a connector that accepts the listen request yet delivers nothing looks like.
+    class Silent(NetlinkSource):
+        def _drain(self) -> tuple[list[ProcEvent], bool]:
+            return [], False
+
+    monkeypatch.setattr(connector, "NetlinkSource", Silent)
+    monkeypatch.setattr(connector, "connector_problem", lambda: None)
+    try:
+        src = open_event_source(0.05)
+    except OSError:
+        pytest.skip("the connector cannot be opened here at all")
+    try:
+        assert src.name == "poll" and src.overruns == 0
+        assert src.fallback_reason == ("the netlink process connector reported no event for "
+                                       "a thread of ours within 200 ms; polling /proc every "
+                                       "0.05 s")
     finally:
         src.close()
 
@@ -101,10 +160,12 @@ def test_falls_back_to_polling_with_a_reason(monkeypatch: pytest.MonkeyPatch) ->
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(connector, "NetlinkSource", refuse)
+    monkeypatch.setattr(connector, "connector_problem", lambda: None)
     src = open_event_source(0.05)
     try:
         assert src.name == "poll" and isinstance(src, PollSource)
         assert src.fallback_reason and "root" in src.fallback_reason
+        assert src.fallback_reason.endswith("; polling /proc every 0.05 s")
     finally:
         src.close()
     assert not src._thread.is_alive()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ainative.core.engine import Engine
-from ainative.core.journal import JOURNAL_NAME, Journal, make_validator
+from ainative.core.journal import JOURNAL_NAME, Journal, JournalError, make_validator
 from ainative.daemon import statedir
 from ainative.daemon.server import DEFAULT_STATE_DIR, META_FILE, StartupError
 from ainative.platform import get_platform
@@ -88,7 +88,11 @@ def offline_restore(state_dir: str) -> dict[str, Any]:
                     return True
                 return backend.is_descendant(ident.pid, scope)
 
-            journal = Journal(state_dir, dir_fd=dir_fd, validate=make_validator(root, in_scope))
+            try:
+                journal = Journal(state_dir, dir_fd=dir_fd,
+                                  validate=make_validator(root, in_scope))
+            except (JournalError, statedir.StateDirError) as e:
+                raise StartupError(str(e)) from e
             engine = Engine(backend, journal, {})
             rep = engine.restore_all()
             journal.shutdown()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ainative import __version__, log
 from ainative.core.classes import ConfigError
-from ainative.core.journal import Journal, make_validator
+from ainative.core.journal import Journal, JournalError, make_validator
 from ainative.core.rules import DEFAULT_RULES_DIR, RuleSet, load_rules
 from ainative.core.supervisor import Supervisor, SupervisorConfig
 from ainative.daemon import statedir
@@ -130,9 +130,14 @@ class Daemon:
             self.journal = Journal(self.cfg.state_dir, dir_fd=self._dir_fd,
                                    validate=make_validator(self.cfg.cgroup_root, in_scope))
             self._write_meta()
+        except (JournalError, statedir.StateDirError) as e:
+            raise StartupError(str(e)) from e
         except OSError as e:
             raise StartupError(f"cannot open the journal in {self.cfg.state_dir}: "
                                f"{e.strerror or e}") from e
+        if self.journal.torn_tail:
+            log.warn("journal_torn_tail", detail="the last record was cut by a crash "
+                     "mid-write; the change it began was never made")
         if self.journal.unusable_count:
             log.warn("journal_unusable_records", count=self.journal.unusable_count,
                      first=self.journal.unusable[:5],

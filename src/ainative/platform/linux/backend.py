@@ -39,15 +39,21 @@ class LinuxBackend:
         first failure) when cgroups cannot be used here."""
         if self._cg is None:
             if self._cg_error is not None:
-                raise OSError(self._cg_errno or errno.ENOENT, self._cg_error)
+                raise self._unavailable()
             try:
                 self._cg = CgroupManager(self.cgroup_root, self.cgroup_mount)
             except (OSError, ValueError, NotImplementedError) as e:
                 why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 self._cg_error = f"cgroups unavailable: {why}"
                 self._cg_errno = e.errno if isinstance(e, OSError) else None
-                raise OSError(self._cg_errno or errno.ENOENT, self._cg_error) from e
+                raise self._unavailable() from e
         return self._cg
+
+    def _unavailable(self) -> OSError:
+        # One argument keeps str() a plain sentence; errno still says which failure.
+        err = OSError(self._cg_error)
+        err.errno = self._cg_errno or errno.ENOENT
+        return err
 
     # --- processes ---
 
