@@ -191,10 +191,23 @@ class FakeBackend:
     def cgroup_root_path(self) -> dict[str, str]:
         return dict(ROOT_CG)
 
-    def cleanup(self) -> None:
+    def cgroup_dirs(self, group: str) -> dict[str, str]:
+        path = self.cgroup_path(group)
+        return {"cpu": path} if path in self.groups else {}
+
+    def cleanup(self) -> dict[str, str]:
         used = {v for p in self.procs.values() for v in p.cgroup.values()}
         for g in [g for g in self.groups if g not in used]:
             del self.groups[g]
+        return {g: "not empty" for g in self.groups}
+
+    def run_queue_wait_ns(self, pid: int, tid: int | None = None) -> int:
+        self._proc(pid)
+        return 0
+
+    def rss_bytes(self, pid: int) -> int:
+        self._proc(pid)
+        return 0
 
     def rt_throttled(self) -> bool:
         return True

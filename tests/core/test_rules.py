@@ -198,7 +198,7 @@ LOAD_IN_CHILD = """
 
 def load_in_child(rules_dir: str, *extra: str) -> str:
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(LOAD_IN_CHILD), rules_dir,
-                        *extra], capture_output=True, text=True, timeout=60, check=False)
+                        *extra], capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 

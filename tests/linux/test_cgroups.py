@@ -287,7 +287,7 @@ def test_cleanup_without_cgroups_is_quiet(tmp_path: Path) -> None:
     be = LinuxBackend(cgroup_mount=str(tmp_path))
     assert be.cleanup() == {} and be.cgroup_members() == {} and be.cgroup_root_path() == {}
     for _ in range(2):  # the first failure is remembered, and said the same way
-        with pytest.raises(OSError, match="^cgroups unavailable: no cgroup filesystem "
-                           "mounted under ") as ei:
+        with pytest.raises(OSError, match=r"^cgroups unavailable: no cgroup filesystem "
+                           r"mounted under ") as ei:
             be.cgroup_prepare("x", {"cpu_weight": 1})
         assert ei.value.errno == errno.ENOENT

@@ -49,12 +49,12 @@ def test_get_platform_picks_linux_once() -> None:
 
 def test_another_platform_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "win32")
-    with pytest.raises(MechanismUnavailable, match="^ainative has no backend for win32 yet$"):
+    with pytest.raises(MechanismUnavailable, match=r"^ainative has no backend for win32 yet$"):
         get_platform()
 
 
 # daemon/server.py still imports the Linux backend directly until it moves to get_platform().
-_NOT_YET_SWITCHED = {"daemon/server.py"}
+_NOT_YET_SWITCHED: set[str] = set()
 
 
 def test_nothing_outside_platform_imports_the_linux_package() -> None:
@@ -102,6 +102,14 @@ def test_a_pid_namespace_seen_through_the_hosts_proc_is_recognised_too() -> None
                         "procfs.read_status('self')['NSpid'].split()]))")
     nested, nspid = json.loads(out)
     assert nested == "PID" and len(nspid) == 2 and nspid[1] == "1"
+    # There /proc numbers processes as the host does, the syscalls as the namespace does:
+    # the platform refuses rather than renice whatever the host's pid N is.
+    out = _in_namespace(["--pid", "--fork"], "from ainative.platform import get_platform\n"
+                        "try:\n    get_platform()\nexcept Exception as e:\n"
+                        "    print(type(e).__name__, e)")
+    assert out.startswith("MechanismUnavailable /proc belongs to another PID namespace "
+                          "(it shows this process as pid ")
+    assert out.rstrip().endswith("not 1); mount a /proc for this namespace")
 
 
 @needs_unshare
@@ -290,3 +298,15 @@ def _cpu_hierarchies() -> list[object]:
     from ainative.platform.linux.cgroups import discover
 
     return [h for h in discover() if "cpu" in h.controllers]
+
+
+def test_every_knob_the_core_knows_has_a_getter_and_a_setter_here() -> None:
+    from ainative.core.knobs import KNOBS
+    from ainative.platform import get_platform
+
+    backend = get_platform(cgroup_root="ainative-knobtable").backend
+    table = backend.knob_table()  # type: ignore[attr-defined]
+    assert set(table) == set(KNOBS)
+    assert all(callable(get) and callable(put) for get, put in table.values())
+    # And the table is what get_knob reads through: the nice of this very process.
+    assert backend.get_knob(os.getpid(), "nice") == os.getpriority(os.PRIO_PROCESS, 0)

@@ -483,7 +483,8 @@ def _read(path: str, dir_fd: int | None = None, name: str | None = None) -> str:
     target = name if name is not None else path
     try:
         # stat first: opening a device can have side effects (a watchdog, a tape).
-        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY,
+        _check_regular(path, os.stat(target, dir_fd=dir_fd))
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
                      dir_fd=dir_fd)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read rule file: {e.strerror or e}") from None

@@ -15,10 +15,19 @@ if TYPE_CHECKING:
 
 def linux_platform(*, cgroup_root: str = "ainative", poll_interval: float = 0.5,
                    cgroup_mount: str = "/sys/fs/cgroup") -> Platform:
+    """The Linux platform. Refuses (MechanismUnavailable) when /proc numbers processes
+    differently from the syscalls (a PID namespace without its own /proc): every pid the
+    backend read would then name the wrong process."""
     from ainative.platform import Platform
+    from ainative.platform.base import MechanismUnavailable
+    from ainative.platform.linux import procfs
     from ainative.platform.linux.backend import LinuxBackend
     from ainative.platform.linux.connector import open_event_source
     from ainative.platform.linux.probe import probe_mechanisms
+
+    problem = procfs.foreign_proc()
+    if problem is not None:
+        raise MechanismUnavailable(problem)
 
     return Platform(
         name="linux",

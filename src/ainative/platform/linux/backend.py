@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+from collections.abc import Callable
 from typing import Any
 
 from ainative import log
@@ -32,6 +33,7 @@ class LinuxBackend:
         self._cg: CgroupManager | None = None
         self._cg_error: str | None = None
         self._cg_errno: int | None = None
+        self._knobs = self.knob_table()
 
     @property
     def cgroups(self) -> CgroupManager:
@@ -138,35 +140,37 @@ class LinuxBackend:
 
     # --- knobs ---
 
+    def _cgroup_set(self, tid: int, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise ValueError(f"cgroup value must be {{hierarchy: path}}, not "
+                             f"{type(value).__name__}")
+        self.cgroups.move_back(tid, dict(value))
+
+    def knob_table(self) -> dict[str, tuple[Callable[[int], Any], Callable[[int, Any], None]]]:
+        """Each knob's (getter, setter) here, keyed like core.knobs.KNOBS; a test checks
+        that every knob the core knows has both."""
+        return {
+            "nice": (knobs.get_nice, lambda t, v: knobs.set_nice(t, int(v))),
+            "policy": (lambda t: list(knobs.get_policy(t)),
+                       lambda t, v: knobs.set_policy(t, int(v[0]), int(v[1]))),
+            "ioprio": (lambda t: list(knobs.get_ioprio(t)),
+                       lambda t, v: knobs.set_ioprio(t, int(v[0]), int(v[1]))),
+            "affinity": (lambda t: sorted(knobs.get_affinity(t)),
+                         lambda t, v: knobs.set_affinity(t, frozenset(int(c) for c in v))),
+            "cgroup": (lambda t: self.cgroups.current(t), self._cgroup_set),
+        }
+
     def get_knob(self, tid: int, knob: str) -> Any:
-        if knob == "nice":
-            return knobs.get_nice(tid)
-        if knob == "policy":
-            return list(knobs.get_policy(tid))
-        if knob == "ioprio":
-            return list(knobs.get_ioprio(tid))
-        if knob == "affinity":
-            return sorted(knobs.get_affinity(tid))
-        if knob == "cgroup":
-            return self.cgroups.current(tid)
-        raise ValueError(f"unknown knob {knob!r}")
+        entry = self._knobs.get(knob)
+        if entry is None:
+            raise ValueError(f"unknown knob {knob!r}")
+        return entry[0](tid)
 
     def set_knob(self, tid: int, knob: str, value: Any) -> None:
-        if knob == "nice":
-            knobs.set_nice(tid, int(value))
-        elif knob == "policy":
-            knobs.set_policy(tid, int(value[0]), int(value[1]))
-        elif knob == "ioprio":
-            knobs.set_ioprio(tid, int(value[0]), int(value[1]))
-        elif knob == "affinity":
-            knobs.set_affinity(tid, frozenset(int(c) for c in value))
-        elif knob == "cgroup":
-            if not isinstance(value, dict):
-                raise ValueError(f"cgroup value must be {{hierarchy: path}}, not "
-                                 f"{type(value).__name__}")
-            self.cgroups.move_back(tid, dict(value))
-        else:
+        entry = self._knobs.get(knob)
+        if entry is None:
             raise ValueError(f"unknown knob {knob!r}")
+        entry[1](tid, value)
 
     # --- cgroups ---
 

@@ -282,6 +282,21 @@ def nested_namespace() -> str | None:
     return None
 
 
+def foreign_proc() -> str | None:
+    """Why /proc cannot be trusted to name this process's PIDs, or None. A /proc mounted
+    for another PID namespace (the host's, seen from a container that did not mount its
+    own) numbers processes differently from the syscalls: reading pid N there and then
+    renicing pid N would change some other process."""
+    try:
+        shown = os.readlink(f"{PROC}/self")
+    except OSError as e:
+        return f"cannot read {PROC}/self: {e.strerror or e}"
+    if shown != str(os.getpid()):
+        return (f"{PROC} belongs to another PID namespace (it shows this process as pid "
+                f"{shown}, not {os.getpid()}); mount a /proc for this namespace")
+    return None
+
+
 # --- processes ---
 
 
