@@ -578,7 +578,7 @@ def print_report(r: dict[str, Any]) -> None:
               f"{f['daemon_cpu_s']:>6} {mp:>11.3f} {f['ping_after']:>11}  {note}")
     print("\n== 2. idle connections held by uid 65534; root sends status ==")
     print(f"{'conns':>5} {'sent':>5} {'ok':>4} {'fail':>5} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'max ms':>8}  {'over-limit client gets':<28} failures")
+          f"{'max ms':>8}  {'over-limit client gets':<40} failures")
     for i in r["idle"]:
         if "error" in i:
             print(f"{i['idle_conns']:>5}  error: {i['error']}")
@@ -586,9 +586,9 @@ def print_report(r: dict[str, Any]) -> None:
         ov = (i.get("child") or {}).get("over_limit") or {}
         ovs = ov.get("outcome", "?")
         if ovs == "error_reply":
-            ovs = "error line: " + str((ov.get("reply") or {}).get("error", ""))[:16]
+            ovs = "error line: " + str((ov.get("reply") or {}).get("error", ""))[:28]
         print(f"{i['idle_conns']:>5} {i['sent']:>5} {i['answered']:>4} {i['failures']:>5} "
-              f"{ms(i['p50_s']):>8} {ms(i['p99_s']):>8} {ms(i['max_s']):>8}  {ovs:<28} "
+              f"{ms(i['p50_s']):>8} {ms(i['p99_s']):>8} {ms(i['max_s']):>8}  {ovs:<40} "
               f"{i['failure_kinds'] or '-'}")
     print("\n== 3. rule cmdline='(a+)+$' vs a uid-65534 process with N a's + '!' ==")
     print(f"{'N':>3} {'1st status s':>13} {'max status s':>13} {'daemon cpu s':>13} "

@@ -9,6 +9,7 @@ do everything.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +33,49 @@ class Peer:
         return self.uid == 0
 
 
+MAX_DEPTH = 32  # no request needs more; json.loads would recurse ~1000 deep otherwise
+
+
+def _not_json(const: str) -> Any:
+    raise ValueError(f"{const} is not JSON")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{text} is not a finite number")
+    return v
+
+
+def _check_values(v: Any, depth: int = 0) -> None:
+    """Strings must be valid Unicode (no lone surrogates) and nesting shallow."""
+    if depth > MAX_DEPTH:
+        raise RequestError(f"request nested deeper than {MAX_DEPTH} levels")
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RequestError("request holds a string that is not valid Unicode "
+                               "(a lone surrogate escape)") from e
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_values(k, depth + 1)
+            _check_values(x, depth + 1)
+    elif isinstance(v, list):
+        for x in v:
+            _check_values(x, depth + 1)
+
+
 def parse_request(line: bytes) -> dict[str, Any]:
     if len(line) > MAX_REQUEST:
         raise RequestError(f"request larger than {MAX_REQUEST} bytes")
     try:
-        req = json.loads(line)
+        req = json.loads(line, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError as e:
+        raise RequestError(f"request nested deeper than {MAX_DEPTH} levels") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(f"request is not valid JSON: {e}") from e
+    _check_values(req)
     if not isinstance(req, dict):
         raise RequestError("request must be a JSON object")
     op = req.get("op")
@@ -61,9 +98,33 @@ def str_field(req: dict[str, Any], name: str, max_len: int = 64) -> str:
     return v
 
 
+def _strict(v: Any) -> Any:
+    """A reply is strict JSON whatever the daemon holds: non-finite numbers become null,
+    lone surrogates U+FFFD, anything else not JSON its str()."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+            return v
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in v)
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, dict):
+        return {str(_strict(k)): _strict(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_strict(x) for x in v]
+    return _strict(str(v))
+
+
 def reply_ok(**fields: Any) -> bytes:
-    return json.dumps({"ok": True, **fields}, default=str, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(_strict({"ok": True, **fields}), allow_nan=False,
+                      separators=(",", ":")).encode() + b"\n"
 
 
 def reply_error(msg: str) -> bytes:
-    return json.dumps({"ok": False, "error": msg}, separators=(",", ":")).encode() + b"\n"
+    return json.dumps({"ok": False, "error": _strict(msg)}, allow_nan=False,
+                      separators=(",", ":")).encode() + b"\n"
