@@ -38,6 +38,15 @@ MAX_STATUS_TASKS = 2000
 MAX_STATUS_POOLS = 512
 
 
+# Another user's environment is theirs: say whether the signal matched, not what their
+# environment holds.
+HIDDEN_ENV = f"{ENV_VAR}: not shown (another user's process)"
+
+
+def _may_see_env(peer: Peer, owner: int | None) -> bool:
+    return peer.is_root or (owner is not None and peer.uid == owner)
+
+
 class Access(enum.Enum):
     ANYONE = "anyone"
     OWNER = "the owner of the process, or root"  # the handler checks ownership
@@ -136,7 +145,7 @@ class Api:
 
     def status(self, req: dict[str, Any], peer: Peer) -> Mapping[str, Any]:
         managed = sorted(self.sup.engine.managed.values(), key=lambda m: m.ident.pid)
-        tasks = [self.task_view(m) for m in managed[:MAX_STATUS_TASKS]]
+        tasks = [self.task_view(m, peer) for m in managed[:MAX_STATUS_TASKS]]
         classes = self.sup.rules.classes
         journal = self.sup.engine.journal
         return {
@@ -163,17 +172,15 @@ class Api:
         except PermissionError as e:
             raise RequestError(f"process {pid} cannot be read: {e}") from e
         out: dict[str, Any] = d.to_json()
-        if not (peer.is_root or peer.uid == info.uid):
-            # Another user's environment is theirs: say whether the signal matched, not
-            # what their environment holds.
+        if not _may_see_env(peer, info.uid):
             for s in out["signals"]:
                 if s["signal"] == "env":
-                    s["detail"] = f"{ENV_VAR}: not shown (another user's process)"
+                    s["detail"] = HIDDEN_ENV
         if d.cls is not None:
             out["knobs"] = self.sup.rules.classes[d.cls].knobs_summary()
         m = self.sup.engine.managed.get(d.ident)
         if m is not None:
-            out["managed"] = self.task_view(m)
+            out["managed"] = self.task_view(m, peer)
             if not m.active:
                 out["why_not_applied"] = (
                     "paused after `ainative restore` (`ainative resume` to manage again)"
@@ -223,7 +230,7 @@ class Api:
 
     # --- views ---
 
-    def task_view(self, m: Managed) -> TaskView:
+    def task_view(self, m: Managed, peer: Peer) -> TaskView:
         try:
             u, s = self.sup.backend.cpu_times(m.ident.pid)
             cpu: float | None = round(u + s, 3)
@@ -236,7 +243,8 @@ class Api:
             "uid": m.decision.uid,
             "class": m.cls,
             "active": m.active,
-            "signals": [s.detail for s in m.decision.matched_signals],
+            "signals": [HIDDEN_ENV if s.name == "env" and not _may_see_env(peer, m.decision.uid)
+                        else s.detail for s in m.decision.matched_signals],
             "applied": m.applied_summary() if m.active else {},
             "targets": {k: describe(k, v) for k, v in m.targets.items()},
             "overridden": m.overridden,

@@ -212,13 +212,14 @@ class Daemon:
             except KeyError as e:
                 raise StartupError(f"--socket-group {self.cfg.socket_group}: no such group") from e
         try:
-            dfd = statedir.secure_dir(os.path.dirname(os.path.abspath(path)), mode=0o755)
+            dfd = statedir.secure_dir(os.path.dirname(os.path.abspath(path)), mode=0o755,
+                                      what="socket directory", option="--socket")
             os.close(dfd)
             self.transport.listen(path, mode=self.cfg.socket_mode, gid=gid)
             if not self.cfg.dry_run:
                 statedir.write_pointer(path, os.path.abspath(self.cfg.state_dir))
         except statedir.StateDirError as e:
-            raise StartupError(f"control socket: {e}") from e
+            raise StartupError(str(e)) from e
         except TransportError as e:
             raise StartupError(str(e)) from e
 

@@ -85,9 +85,22 @@ def _join(base: str, name: str) -> str:
     return "/" + name if base == "/" else base + "/" + name
 
 
-def secure_dir(path: str, *, create: bool = True, mode: int = 0o700) -> int:
+def secure_dir(path: str, *, create: bool = True, mode: int = 0o700,
+               what: str = "state dir", option: str = "--state-dir") -> int:
     """An O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC fd of the state dir at ``path``, created (with
-    missing parents, 0o755) when absent, after checking it and every ancestor."""
+    missing parents, 0o755) when absent, after checking it and every ancestor. ``what``
+    and ``option`` name the directory and its option in messages (the control socket's
+    directory is checked the same way)."""
+    try:
+        return _secure_dir(path, create=create, mode=mode)
+    except StateDirError as e:
+        if what == "state dir":
+            raise
+        raise StateDirError(str(e).replace("--state-dir", option).replace("state dir", what)
+                            ) from None
+
+
+def _secure_dir(path: str, *, create: bool, mode: int) -> int:
     want = os.path.abspath(path)
     todo = [c for c in want.split("/") if c]
     todo.reverse()  # a stack: the next component is at the end
