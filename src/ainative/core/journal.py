@@ -24,7 +24,6 @@ import errno
 import fcntl
 import json
 import os
-import pwd
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ainative.core import knobs
+from ainative.fsnames import file_kind, user_label
 from ainative.platform.base import TaskId
 
 CLOSE_REASONS = ("undone", "released", "gone", "failed", "skipped")
@@ -86,13 +86,6 @@ def make_validator(cgroup_root: str,
 # --- opening files safely ---
 
 
-def _user(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def fd_path(dir_fd: int) -> str:
     """The path of an open directory, for messages."""
     try:
@@ -101,23 +94,14 @@ def fd_path(dir_fd: int) -> str:
         return f"<directory fd {dir_fd}>"
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def check_private_file(st: os.stat_result, shown: str) -> str | None:
     """Why an opened file must not be used (None when it may): it must be a regular file
     with a single link, owned by our euid, writable by no one else."""
     if not stat.S_ISREG(st.st_mode):
-        return f"{shown} is {_kind(st.st_mode)}, not a regular file: remove it"
+        return f"{shown} is {file_kind(st.st_mode)}, not a regular file: remove it"
     euid = os.geteuid()
     if st.st_uid != euid:
-        return (f"{shown} is owned by {_user(st.st_uid)}, not by {_user(euid)}: someone "
+        return (f"{shown} is owned by {user_label(st.st_uid)}, not by {user_label(euid)}: someone "
                 f"else put it there; remove it and check who can write its directory")
     if st.st_mode & 0o022:
         return (f"{shown} has mode {stat.S_IMODE(st.st_mode):04o}, writable by group or "

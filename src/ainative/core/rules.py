@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import pwd
 import re
 import stat
 import tomllib
@@ -28,6 +27,7 @@ from typing import Any, Protocol, TypeGuard
 
 from ainative.core.access import AccessPolicy, Grant
 from ainative.core.classes import BadClassKey, ClassPolicy, ConfigError, class_from_table
+from ainative.fsnames import file_kind, user_label
 
 try:  # PyPI google-re2; a declared dependency, but say so in one line if it is missing
     import re2
@@ -441,28 +441,12 @@ def _parse_rule(r: Any, where: str, i: int) -> Rule:
 
 # --- Reading files: regular, trusted, bounded, never blocking ---
 
-_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
-    (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a file")
-
-
-def _owner(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except (KeyError, OverflowError, ValueError):
-        return f"uid {uid}"
 
 
 def _check_trusted(path: str, st: os.stat_result, what: str) -> None:
     """Refuse a file or directory that someone other than root (or us) could change."""
     if st.st_uid not in (0, os.geteuid()):
-        raise ConfigError(f"{path}: {what} is owned by {_owner(st.st_uid)}, and only root's "
+        raise ConfigError(f"{path}: {what} is owned by {user_label(st.st_uid)}, and only root's "
                           f"rule files are trusted; fix: chown root {path}")
     if st.st_mode & 0o022:
         who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002))
@@ -474,7 +458,7 @@ def _check_trusted(path: str, st: os.stat_result, what: str) -> None:
 
 def _check_regular(path: str, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path}: not a regular file ({_kind(st.st_mode)}); "
+        raise ConfigError(f"{path}: not a regular file ({file_kind(st.st_mode)}); "
                           "rule files must be regular files")
 
 

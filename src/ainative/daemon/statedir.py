@@ -23,11 +23,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pwd
 import secrets
 import stat
 
 from ainative.core.journal import JournalError, fd_path, open_private
+from ainative.fsnames import file_kind, user_label
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_SYMLINKS = 40
@@ -39,17 +39,10 @@ class StateDirError(Exception):
     """The state directory (or a file in it) cannot be trusted; one line, with the fix."""
 
 
-def _user(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _ancestor_problem(st: os.stat_result, shown: str) -> str | None:
     euid = os.geteuid()
     if st.st_uid not in (0, euid):
-        return (f"a parent of the state dir, {shown}, is owned by {_user(st.st_uid)}, not by "
+        return (f"a parent of the state dir, {shown}, is owned by {user_label(st.st_uid)}, not by "
                 f"root: that user could replace the state dir; choose --state-dir elsewhere")
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         return (f"a parent of the state dir, {shown}, has mode {stat.S_IMODE(st.st_mode):04o} "
@@ -61,24 +54,13 @@ def _ancestor_problem(st: os.stat_result, shown: str) -> str | None:
 def _final_problem(st: os.stat_result, shown: str) -> str | None:
     euid = os.geteuid()
     if st.st_uid != euid:
-        return (f"state dir {shown} is owned by {_user(st.st_uid)}, not by {_user(euid)}: "
-                f"someone else created it first; remove it or choose --state-dir elsewhere")
+        return (f"state dir {shown} is owned by {user_label(st.st_uid)}, not by "
+                f"{user_label(euid)}: someone else created it first; remove it or choose "
+                "--state-dir elsewhere")
     if st.st_mode & 0o022:
         return (f"state dir {shown} has mode {stat.S_IMODE(st.st_mode):04o} (writable by group "
                 f"or others): chmod 700 it")
     return None
-
-
-def _what(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a directory"
 
 
 def _join(base: str, name: str) -> str:
@@ -149,7 +131,7 @@ def _secure_dir(path: str, *, create: bool, mode: int) -> int:
                 if st.st_uid not in (0, os.geteuid()):
                     raise StateDirError(
                         f"a parent of the state dir, {shown}, is a symbolic link owned by "
-                        f"{_user(st.st_uid)}: choose --state-dir elsewhere")
+                        f"{user_label(st.st_uid)}: choose --state-dir elsewhere")
                 hops += 1
                 if hops > _MAX_SYMLINKS:
                     raise StateDirError(f"state dir {want}: too many symbolic links in its "
@@ -162,7 +144,7 @@ def _secure_dir(path: str, *, create: bool, mode: int) -> int:
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 if last:
-                    raise StateDirError(f"state dir {shown} is {_what(st.st_mode)}: remove it "
+                    raise StateDirError(f"state dir {shown} is {file_kind(st.st_mode)}: remove it "
                                         f"or choose --state-dir elsewhere")
                 raise StateDirError(f"a parent of the state dir, {shown}, is not a directory: "
                                     f"choose --state-dir elsewhere")
@@ -284,7 +266,7 @@ def check_pointer(socket_path: str) -> tuple[str | None, str | None]:
         dst = os.fstat(dfd)
         if dst.st_uid not in (0, euid) or dst.st_mode & 0o022:
             return None, (f"not trusting {final}: its directory {d} is owned by "
-                          f"{_user(dst.st_uid)} with mode {stat.S_IMODE(dst.st_mode):04o}; "
+                          f"{user_label(dst.st_uid)} with mode {stat.S_IMODE(dst.st_mode):04o}; "
                           f"it must be owned by root and writable by no one else")
         try:
             fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
@@ -301,7 +283,7 @@ def check_pointer(socket_path: str) -> tuple[str | None, str | None]:
             if not stat.S_ISREG(st.st_mode):
                 why = "it is not a regular file"
             elif st.st_uid not in (0, euid):
-                why = f"it is owned by {_user(st.st_uid)}, not by root"
+                why = f"it is owned by {user_label(st.st_uid)}, not by root"
             elif st.st_mode & 0o022:
                 why = f"it has mode {stat.S_IMODE(st.st_mode):04o} (writable by others)"
             elif st.st_nlink != 1:

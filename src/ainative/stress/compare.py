@@ -124,12 +124,9 @@ class DaemonRun:
 
 
 def _last_line(path: str) -> str:
-    try:
-        with open(path, errors="replace") as fh:
-            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1][-400:] if lines else ""
+    from ainative.ipc.launcher import last_line
+
+    return last_line(path)
 
 
 def _stop_leader(leader: subprocess.Popen[str]) -> None:
