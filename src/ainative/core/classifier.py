@@ -72,6 +72,7 @@ class Decision:
 
 @dataclass
 class _LibCache:
+    ident: TaskId  # the process these files belong to (a reused pid is another one)
     libs: dict[str, str]
     basenames: list[str]
     first_seen: float
@@ -99,13 +100,19 @@ class Classifier:
         # identity -> (class, uid of whoever registered it): the grant is checked again
         # at every decision, so a reload that withdraws a grant withdraws the class.
         self.registrations: dict[TaskId, tuple[str, int]] = {}
-        self._libs: dict[TaskId, _LibCache] = {}
+        # Keyed by pid so an exit event purges in O(1); each entry names its identity so
+        # a reused pid never inherits a stale answer.
+        self._libs: dict[int, _LibCache] = {}
 
     # --- libraries, cached by identity so a PID reuse never inherits a stale answer ---
 
+    def _cached(self, ident: TaskId) -> _LibCache | None:
+        c = self._libs.get(ident.pid)
+        return c if c is not None and c.ident == ident else None
+
     def libraries(self, ident: TaskId, force: bool = False) -> _LibCache:
         now = self.clock()
-        c = self._libs.get(ident)
+        c = self._cached(ident)
         if c is not None and not force and not self._due(c, now):
             return c
         paths = self.backend.mapped_files(ident.pid)
@@ -114,8 +121,8 @@ class Classifier:
         found = match_libraries(paths)
         bases = sorted({os.path.basename(p) for p in paths})
         if c is None:
-            c = _LibCache(found, bases, now, now, 1)
-            self._libs[ident] = c
+            c = _LibCache(ident, found, bases, now, now, 1)
+            self._libs[ident.pid] = c
         else:
             c.libs, c.basenames, c.checked_at, c.checks = found, bases, now, c.checks + 1
         return c
@@ -135,36 +142,35 @@ class Classifier:
         return due_at is not None and now >= due_at
 
     def library_recheck_due(self, ident: TaskId) -> bool:
-        c = self._libs.get(ident)
+        c = self._cached(ident)
         return c is None or self._due(c, self.clock())
 
     def next_library_check(self, ident: TaskId) -> float | None:
         """Clock time of the next recheck for a process looked at before; None when none
         is coming (never looked at, or a runtime is already mapped)."""
-        c = self._libs.get(ident)
+        c = self._cached(ident)
         return None if c is None else self._due_at(c)
 
     def forget(self, ident: TaskId) -> None:
-        self._libs.pop(ident, None)
+        if self._cached(ident) is not None:
+            del self._libs[ident.pid]
         self.registrations.pop(ident, None)
 
     def forget_pid(self, pid: int) -> None:
         """Drop cached libraries of a pid (after exec; registrations stay)."""
-        try:
-            self._libs.pop(self.backend.task_id(pid), None)
-        except ProcessGone:
-            pass
+        self._libs.pop(pid, None)
 
     def forget_exited(self, pid: int) -> None:
         """Purge every table entry of an exited pid (its exit event), whatever its start
         time: an exec storm must not grow the tables until the next full scan."""
-        for table in (self._libs, self.registrations):
-            for ident in [i for i in table if i.pid == pid]:
-                del table[ident]
+        self._libs.pop(pid, None)
+        if self.registrations:  # a handful at most; empty on most machines
+            for ident in [i for i in self.registrations if i.pid == pid]:
+                del self.registrations[ident]
 
     def forget_gone(self, alive: set[TaskId]) -> None:
-        for ident in [i for i in self._libs if i not in alive]:
-            del self._libs[ident]
+        for pid in [p for p, c in self._libs.items() if c.ident not in alive]:
+            del self._libs[pid]
         for ident in [i for i in self.registrations if i not in alive]:
             del self.registrations[ident]
 
@@ -296,7 +302,7 @@ class Classifier:
         try:
             if refresh:
                 return self.libraries(ident)
-            c = self._libs.get(ident)
+            c = self._cached(ident)
             return c if c is not None else self.libraries(ident)
         except PermissionError:
             return None

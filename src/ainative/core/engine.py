@@ -545,7 +545,9 @@ class Engine:
             if c.task == c.proc:
                 origin.setdefault(c.proc, {})[c.knob] = (c.old, c.new)
         live = {p for p in origin if self._alive(p)}
-        parents = self._parent_map() if live or changes else {}
+        # Descendants are found from the parent map, which costs a read of every
+        # process: only when some journaled process is still there to have any.
+        parents = self._parent_map() if live else {}
         by_pid = {p.pid: p for p in live}
 
         def ancestor(pid: int) -> TaskId | None:
@@ -572,9 +574,9 @@ class Engine:
             anc = ancestor(pid)
             old = origin[anc].get("cgroup", (None, None))[0] if anc is not None else None
             if old is None:
-                back = next((o.get("cgroup", (None,))[0] for o in origin.values()
-                             if "cgroup" in o), None)
-                old = back if back is not None else self.backend.cgroup_root_path()
+                # Nothing says where it came from: the hierarchy's root, never another
+                # process's original group.
+                old = self.backend.cgroup_root_path()
             try:
                 self.backend.set_knob(pid, "cgroup", old)
                 rep.inherited += 1

@@ -65,7 +65,8 @@ class Supervisor:
         self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
                              cgroups_enabled=config.cgroups)
         self._timers: list[tuple[float, int, TaskId]] = []
-        self._waiting: dict[TaskId, float] = {}  # identity -> due time of its re-check
+        # pid -> (identity, due time of its re-check): keyed by pid so an exit purges in O(1)
+        self._waiting: dict[int, tuple[TaskId, float]] = {}
 
     # --- start and stop ---
 
@@ -121,8 +122,7 @@ class Supervisor:
         for ident in [i for i in self.engine.managed if i.pid == pid]:
             self.engine.forget(ident, "exited")
         self.classifier.forget_exited(pid)
-        for ident in [i for i in self._waiting if i.pid == pid]:
-            del self._waiting[ident]
+        self._waiting.pop(pid, None)
 
     def managed_by_pid(self, pid: int) -> Managed | None:
         for ident, m in self.engine.managed.items():
@@ -174,7 +174,7 @@ class Supervisor:
         self.classifier.forget_gone(alive)
         for ident in [i for i in self.engine.managed if i not in alive]:
             self.engine.forget(ident, "exited")
-        self._waiting = {i: t for i, t in self._waiting.items() if i in alive}
+        self._waiting = {p: w for p, w in self._waiting.items() if w[0] in alive}
         self._rebuild_timers()
 
     # --- library re-check timers ---
@@ -183,13 +183,13 @@ class Supervisor:
         due = self.classifier.next_library_check(ident)
         if due is None:
             return
-        self._waiting[ident] = due
+        self._waiting[ident.pid] = (ident, due)
         heapq.heappush(self._timers, (due, ident.pid, ident))
         if len(self._timers) > _TIMER_SLACK * max(64, len(self._waiting)):
             self._rebuild_timers()
 
     def _rebuild_timers(self) -> None:
-        self._timers = [(t, i.pid, i) for i, t in self._waiting.items()]
+        self._timers = [(t, i.pid, i) for i, t in self._waiting.values()]
         heapq.heapify(self._timers)
 
     def next_timer(self) -> float | None:
@@ -199,9 +199,9 @@ class Supervisor:
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             due, _, ident = heapq.heappop(self._timers)
-            if self._waiting.get(ident) != due:
+            if self._waiting.get(ident.pid) != (ident, due):
                 continue  # superseded or purged
-            del self._waiting[ident]
+            del self._waiting[ident.pid]
             if ident in self.engine.managed:
                 continue
             try:
