@@ -5,6 +5,7 @@ outlive a `with` block or the pool, DLPack from newer consumers, and reports to 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import resource
 import socket
@@ -90,10 +91,15 @@ def test_filling_pool_memory_takes_no_page_faults(lock: str | bool) -> None:
         a.fill(1)
         a.fill(2)
         pool_faults = _minflt() - f0
-        fresh = np.empty(24 << 20, np.uint8)  # above malloc's mmap threshold: new pages
-        f0 = _minflt()
-        fresh.fill(1)
-        fresh_faults = _minflt() - f0
+        # The control is a new anonymous mapping, not np.empty: glibc raises its mmap
+        # threshold after earlier large frees, so np.empty may hand back heap pages that
+        # are already faulted in (seen in CI), and the control would read zero.
+        with mmap.mmap(-1, 24 << 20) as fresh_map:
+            fresh = np.frombuffer(fresh_map, np.uint8)
+            f0 = _minflt()
+            fresh.fill(1)
+            fresh_faults = _minflt() - f0
+            del fresh
         del a
     assert pool_faults == 0
     assert fresh_faults > 0  # the counter does see faults, so the zero above means none
