@@ -42,6 +42,8 @@ class FakeProc:
     cgroup: dict[str, str] = field(default_factory=lambda: dict(ROOT_CG))
     threads: dict[int, FakeThread] = field(default_factory=dict)
     alive: bool = True
+    cpu: float = 0.0  # CPU seconds used so far (tests advance it to make a process busy)
+    listening: list[str] = field(default_factory=list)  # e.g. ["unix /run/x.sock"]
     serial: int = 0  # which process object this is: a pidfd refers to one object
 
 
@@ -143,8 +145,10 @@ class FakeBackend:
         return self._proc(pid).env.get(name)
 
     def cpu_times(self, pid: int) -> tuple[float, float]:
-        self._proc(pid)
-        return 0.0, 0.0
+        return self._proc(pid).cpu, 0.0
+
+    def listening_sockets(self, pid: int) -> list[str]:
+        return sorted(self._proc(pid).listening)
 
     def parent_pid(self, pid: int) -> int:
         return self._proc(pid).ppid

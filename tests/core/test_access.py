@@ -232,7 +232,7 @@ def test_access_for_a_class_defined_in_a_later_file_is_fine(tmp_path: Path) -> N
 @pytest.mark.parametrize("text, line, message", [
     ('\n[access.nosuch]\nusers = ["a"]\n', 2,
      "[access.nosuch] grants class 'nosuch', which is not defined (classes: background, "
-     "inference, training)"),
+     "batch, inference, training)"),
     ('[access.inference]\nusers = ["a"]\nwho = 1\n', 3,
      "[access.inference]: unknown key(s) ['who']; allowed: ['groups', 'users']"),
     ('[access.inference]\nusers = "alice"\n', 2,

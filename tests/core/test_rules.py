@@ -26,8 +26,10 @@ from ainative.core.rules import (
 
 def facts(comm: str = "x", exe: str | None = "/usr/bin/x", cmdline: str = "x",
           user: str | None = "alice", uid: int = 1000, cgroup: str = "/user.slice",
-          parent: str | None = "bash", libs: list[str] | None = None) -> ProcessFacts:
-    return ProcessFacts(comm, exe, cmdline, user, uid, cgroup, parent, lambda: libs or [])
+          parent: str | None = "bash", libs: list[str] | None = None,
+          runtimes: list[str] | None = None) -> ProcessFacts:
+    return ProcessFacts(comm, exe, cmdline, user, uid, cgroup, parent, lambda: libs or [],
+                        lambda: runtimes or [])
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -36,11 +38,87 @@ def write(tmp_path: Path, name: str, text: str) -> str:
     return str(p)
 
 
-def test_builtin_rules_load_and_define_the_three_classes() -> None:
+def test_builtin_rules_load_and_define_the_four_classes() -> None:
     rs = load_rules(rules_dir=None)
-    assert {"inference", "training", "background"} <= set(rs.classes)
-    assert rs.classes["inference"].nice is not None and rs.classes["inference"].nice < 0
-    assert rs.classes["background"].only_while_inference_active
+    assert {"inference", "batch", "training", "background"} <= set(rs.classes)
+    inf = rs.classes["inference"]
+    assert inf.nice is not None and inf.nice < 0 and inf.serving
+    assert rs.classes["background"].only_while_serving_active
+    assert rs.classes["training"].only_while_serving_active
+    # batch is fair share: it changes nothing at all
+    assert rs.classes["batch"].knobs_summary() == {}
+    assert (rs.serving_class, rs.library_class, rs.gpu_process_class) == (
+        "inference", "batch", "batch")
+
+
+def test_the_old_name_of_only_while_serving_active_still_works(tmp_path: Path) -> None:
+    p = write(tmp_path, "old.toml", "[classes.lowly]\nnice = 10\n"
+              "only_while_inference_active = true\n")
+    assert load_rules([p], rules_dir=None).classes["lowly"].only_while_serving_active
+
+
+def test_a_serving_class_cannot_wait_for_serving(tmp_path: Path) -> None:
+    p = write(tmp_path, "bad.toml", "[classes.x]\nserving = true\n"
+              "only_while_serving_active = true\n")
+    with pytest.raises(ConfigError, match=r"bad.toml:2: class 'x': a serving class cannot"):
+        load_rules([p], rules_dir=None)
+
+
+def test_none_cannot_be_a_class_but_access_none_is_a_grant(tmp_path: Path) -> None:
+    p = write(tmp_path, "n.toml", "[classes.none]\nnice = 1\n")
+    with pytest.raises(ConfigError, match="'none' cannot be a class"):
+        load_rules([p], rules_dir=None)
+    q = write(tmp_path, "g.toml", '[access.none]\nusers = ["alice"]\n')
+    assert "none" in load_rules([q], rules_dir=None).access.grants
+
+
+def test_ignore_tables_match_like_rules_and_need_a_condition(tmp_path: Path) -> None:
+    p = write(tmp_path, "i.toml", '[[ignore]]\nname = "ci jobs"\nuser = "ci"\n'
+              '[[ignore]]\ncgroup = "/system.slice/db*"\n')
+    rs = load_rules([p], rules_dir=None)
+    hit = rs.first_ignore(facts(user="ci"))
+    assert hit is not None and hit[0].name == "ci jobs" and hit[0].source.endswith("i.toml:1")
+    assert rs.first_ignore(facts(cgroup="/system.slice/db.service")) is not None
+    assert rs.first_ignore(facts(user="alice")) is None
+    bad = write(tmp_path, "b.toml", '\n[[ignore]]\nname = "x"\n')
+    with pytest.raises(ConfigError, match=r"b.toml:2: ignore 'x': matches nothing"):
+        load_rules([bad], rules_dir=None)
+    cls = write(tmp_path, "c.toml", '[[ignore]]\nuser = "x"\nclass = "batch"\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['class'\]"):
+        load_rules([cls], rules_dir=None)
+
+
+def test_runtime_condition_matches_runtime_names() -> None:
+    rs = load_rules(rules_dir=None)
+    train = facts(comm="python3", cmdline="python3 train.py --epochs 3")
+    assert rs.first_match(train) is None  # no runtime mapped: not training
+    hit = rs.first_match(facts(comm="python3", cmdline="python3 train.py --epochs 3",
+                               runtimes=["onnxruntime"]))
+    assert hit is not None and hit[0].cls == "training" and "runtime=onnxruntime" in hit[1]
+    nb = rs.first_match(facts(comm="python3", runtimes=["pytorch"],
+                              cmdline="python3 -m ipykernel_launcher -f /tmp/k.json"))
+    assert nb is not None and nb[0].cls == "batch"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("active_cpu_percent = 0", "active_cpu_percent must be a number above 0"),
+    ('active_cpu_percent = "2"', "active_cpu_percent must be a number above 0"),
+    ('active_window = "0.01s"', "active_window must be a duration from 0.1 s to 60 s"),
+    ('idle_after = "3 days"', "idle_after must be a duration from 0.2 s to 86400 s"),
+    ("idle_after = true", "idle_after must be a duration"),
+])
+def test_bad_activity_settings_name_file_and_line(tmp_path: Path, text: str,
+                                                   message: str) -> None:
+    p = write(tmp_path, "a.toml", f"[settings]\n{text}\n")
+    with pytest.raises(ConfigError, match=f"a.toml:2: setting {message}"):
+        load_rules([p], rules_dir=None)
+
+
+def test_activity_settings_take_numbers_and_durations(tmp_path: Path) -> None:
+    p = write(tmp_path, "a.toml", '[settings]\nactive_cpu_percent = 5\n'
+              'active_window = "500ms"\nidle_after = 3\n')
+    rs = load_rules([p], rules_dir=None)
+    assert (rs.active_cpu_percent, rs.active_window, rs.idle_after) == (5.0, 0.5, 3.0)
 
 
 def test_plain_python_and_maild_match_no_builtin_rule() -> None:
@@ -428,7 +506,7 @@ def test_cmdline_with_a_lone_surrogate_still_matches(tmp_path: Path) -> None:
      "setting gpu_process_class must be the name of a class (a string), not ['inference']"),
     ('\n[settings]\ngpu_available_threshold = 5\ngpu_process_class = "nosuch"\n', 4,
      "setting gpu_process_class names class 'nosuch', which is not defined (classes: "
-     "background, inference, training)"),
+     "background, batch, inference, training)"),
     ("\n[settings]\nspeed = 1\n", 3, "unknown setting(s) ['speed']"),
     ("\nsettings = 3\n", 2, "[settings] must be a table"),
 ])
@@ -445,14 +523,15 @@ def test_good_settings_are_used(tmp_path: Path) -> None:
               'library_class = "training"\n')
     rs = load_rules([p], rules_dir=None)
     assert rs.gpu_available_threshold == 30.0 and isinstance(rs.gpu_available_threshold, float)
-    assert rs.library_class == "training" and rs.gpu_process_class == "inference"
+    assert rs.library_class == "training" and rs.gpu_process_class == "batch"
 
 
 def test_settings_properties_never_raise() -> None:
     rs = RuleSet(settings={"gpu_available_threshold": "high", "library_class": 5,
                            "gpu_process_class": None})
     assert rs.gpu_available_threshold == 50.0
-    assert rs.library_class == "inference" and rs.gpu_process_class == "inference"
+    assert rs.library_class == "batch" and rs.gpu_process_class == "batch"
+    assert rs.serving_class == "inference" and rs.idle_after == 30.0
 
 
 def test_a_bad_setting_in_a_later_file_does_not_leak_into_the_ruleset(tmp_path: Path) -> None:

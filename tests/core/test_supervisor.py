@@ -7,9 +7,10 @@ and table purges. No root needed; the same paths run on the real kernel in tests
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tests.core.fake_backend import DEFAULTS, ROOT_CG, FakeBackend
+from tests.core.fake_backend import DEFAULTS, ROOT_CG, FakeBackend, FakeProc
 
 from ainative.core.journal import Journal, make_validator
 from ainative.core.rules import RuleSet, load_rules, parse_rules_text, validate
@@ -18,6 +19,15 @@ from ainative.platform.base import ProcEvent, TaskId
 
 ORT = "/usr/lib/python3/site-packages/onnxruntime/capi/libonnxruntime.so.1.17"
 USER = 4242  # an unprivileged uid no test machine gives to anyone real
+LISTEN = ["tcp 0.0.0.0:8000"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 def rules(extra: str = "") -> RuleSet:
@@ -31,7 +41,39 @@ def rules(extra: str = "") -> RuleSet:
 def make(tmp_path: Path, backend: FakeBackend, extra: str = "",
          scope: int | None = None) -> Supervisor:
     j = Journal(str(tmp_path), validate=make_validator("ainative"))
-    return Supervisor(backend, rules(extra), j, SupervisorConfig(scope_pid=scope, self_pid=1))
+    return Supervisor(backend, rules(extra), j, SupervisorConfig(scope_pid=scope, self_pid=1),
+                      clock=Clock())
+
+
+def tick(sup: Supervisor, seconds: float, *busy: FakeProc, cpu_share: float = 0.5) -> None:
+    """Let ``seconds`` pass in activity ticks; each process in ``busy`` uses cpu_share of
+    a CPU meanwhile."""
+    clock = sup.clock
+    assert isinstance(clock, Clock)
+    step = sup.activity.config.interval_s
+    end = clock.t + seconds
+    while clock.t < end - 1e-9:
+        clock.t += step
+        for p in busy:
+            p.cpu += step * cpu_share
+        sup.run_timers()
+
+
+def server(fb: FakeBackend, comm: str = "server", **kw: Any) -> FakeProc:
+    """An ONNX Runtime process that listens: serving, once it is busy."""
+    kw.setdefault("maps", [ORT])
+    kw.setdefault("listening", list(LISTEN))
+    return fb.spawn(comm, **kw)
+
+
+def serving(tmp_path: Path, fb: FakeBackend, p: FakeProc, extra: str = "") -> Supervisor:
+    """A supervisor that has found p serving and seen it busy (its boost applied)."""
+    sup = make(tmp_path, fb, extra)
+    sup.full_scan()
+    tick(sup, 0.5, p)
+    m = sup.managed_by_pid(p.pid)
+    assert m is not None and m.cls == "inference" and m.active
+    return sup
 
 
 @pytest.fixture
@@ -41,11 +83,8 @@ def fb() -> FakeBackend:
 
 def test_inference_is_applied_to_every_thread_and_undone_on_stop(tmp_path: Path,
                                                                  fb: FakeBackend) -> None:
-    p = fb.spawn("server", threads=3, maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
-    m = sup.managed_by_pid(p.pid)
-    assert m is not None and m.cls == "inference" and m.active
+    p = server(fb, threads=3)
+    sup = serving(tmp_path, fb, p)
     for tid in p.threads:
         assert fb.value(p.pid, "nice", tid) == -10
     assert fb.value(p.pid, "cgroup") == {"cpu": "/ainative.inference"}
@@ -58,17 +97,16 @@ def test_inference_is_applied_to_every_thread_and_undone_on_stop(tmp_path: Path,
 
 def test_cgroup_is_moved_before_thread_knobs(tmp_path: Path, fb: FakeBackend) -> None:
     """On 6.1 a move into a cpuset-enabled group resets affinity: knobs go on after it."""
-    p = fb.spawn("server", maps=[ORT])
-    make(tmp_path, fb).full_scan()
+    p = server(fb)
+    serving(tmp_path, fb, p)
     knobs = [k for tid, k, _ in fb.writes if tid == p.pid]
     assert knobs.index("cgroup") < knobs.index("nice")
 
 
 def test_a_manual_change_is_left_alone_and_not_restored(tmp_path: Path,
                                                         fb: FakeBackend) -> None:
-    p = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
+    p = server(fb)
+    sup = serving(tmp_path, fb, p)
     fb.set_knob(p.pid, "nice", 3)  # a person renices it
     sup.reconcile()
     m = sup.managed_by_pid(p.pid)
@@ -78,9 +116,8 @@ def test_a_manual_change_is_left_alone_and_not_restored(tmp_path: Path,
 
 
 def test_threads_created_after_apply_are_restored(tmp_path: Path, fb: FakeBackend) -> None:
-    p = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
+    p = server(fb)
+    sup = serving(tmp_path, fb, p)
     late = fb.add_thread(p.pid)  # inherits nice -10 from the main thread
     assert fb.value(p.pid, "nice", late) == -10
     sup.stop()
@@ -89,14 +126,16 @@ def test_threads_created_after_apply_are_restored(tmp_path: Path, fb: FakeBacken
 
 def test_child_that_execs_an_unmanaged_program_gets_everything_back(
         tmp_path: Path, fb: FakeBackend) -> None:
-    parent = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
-    child = fb.spawn("server", ppid=parent.pid, maps=[ORT])  # fork: a copy, same maps
+    parent = server(fb)
+    sup = serving(tmp_path, fb, parent)
+    child = server(fb, ppid=parent.pid)  # fork: a copy, same maps and sockets
     sup.on_event(ProcEvent("fork", child.pid, child.pid, parent_pid=parent.pid))
     assert sup.managed_by_pid(child.pid) is not None
+    # Not seen busy yet: what it inherited goes back until it is.
+    assert fb.value(child.pid, "cgroup") == ROOT_CG and fb.value(child.pid, "nice") == 0
+    tick(sup, 0.5, parent, child)
     assert fb.value(child.pid, "cgroup") == {"cpu": "/ainative.inference"}
-    child.comm, child.maps = "sh", []  # exec of an unrelated program
+    child.comm, child.maps, child.listening = "sh", [], []  # exec of an unrelated program
     sup.on_event(ProcEvent("exec", child.pid, child.pid))
     assert sup.managed_by_pid(child.pid) is None
     assert fb.value(child.pid, "nice") == 0
@@ -107,9 +146,8 @@ def test_child_that_execs_an_unmanaged_program_gets_everything_back(
 
 def test_unclassified_child_of_a_managed_parent_is_reset_on_fork(
         tmp_path: Path, fb: FakeBackend) -> None:
-    parent = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
+    parent = server(fb)
+    sup = serving(tmp_path, fb, parent)
     child = fb.spawn("helper", ppid=parent.pid)  # inherits nice -10 and the group
     sup.on_event(ProcEvent("fork", child.pid, child.pid, parent_pid=parent.pid))
     assert fb.value(child.pid, "nice") == 0
@@ -118,9 +156,8 @@ def test_unclassified_child_of_a_managed_parent_is_reset_on_fork(
 
 def test_after_a_crash_threads_and_children_created_since_are_put_back(
         tmp_path: Path, fb: FakeBackend) -> None:
-    parent = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
+    parent = server(fb)
+    sup = serving(tmp_path, fb, parent)
     sup.engine.journal.shutdown()  # kill -9: nothing undone
     late = fb.add_thread(parent.pid)
     child = fb.spawn("worker", ppid=parent.pid)  # nobody saw this fork
@@ -139,9 +176,8 @@ def test_after_a_crash_threads_and_children_created_since_are_put_back(
 
 def test_pid_reused_within_the_same_tick_is_never_touched(tmp_path: Path,
                                                           fb: FakeBackend) -> None:
-    p = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
+    p = server(fb)
+    sup = serving(tmp_path, fb, p)
     imposter = fb.reuse_pid(p.pid)  # same pid, same start time, another process
     imposter.threads[p.pid].knobs["nice"] = -10  # happens to hold the value we wrote
     imposter.cgroup = {"cpu": "/ainative.inference"}
@@ -175,9 +211,10 @@ def test_a_grant_lets_that_user_register_and_root_always_may(tmp_path: Path,
     p = fb.spawn("mine", uid=USER)
     q = fb.spawn("other", uid=USER + 1)
     sup = make(tmp_path, fb, f"[access.inference]\nusers = [{USER}]\n")
-    assert sup.register(p.pid, "inference", USER).active
-    assert fb.value(p.pid, "nice") == -10
-    assert sup.register(q.pid, "inference", 0).active
+    assert sup.register(p.pid, "inference", USER).cls == "inference"
+    assert sup.register(q.pid, "inference", 0).cls == "inference"
+    tick(sup, 0.5, p, q)  # a serving class is boosted while busy, registered or not
+    assert fb.value(p.pid, "nice") == -10 and fb.value(q.pid, "nice") == -10
 
 
 def test_env_opt_in_goes_through_the_same_access_policy(tmp_path: Path,
@@ -202,9 +239,8 @@ def test_env_opt_in_goes_through_the_same_access_policy(tmp_path: Path,
 
 
 def test_reload_retargets_processes_already_managed(tmp_path: Path, fb: FakeBackend) -> None:
-    p = fb.spawn("server", maps=[ORT])
-    sup = make(tmp_path, fb)
-    sup.full_scan()
+    p = server(fb)
+    sup = serving(tmp_path, fb, p)
     assert fb.value(p.pid, "nice") == -10
     sup.swap_rules(rules("[classes.inference]\nnice = -5\n"))
     assert fb.value(p.pid, "nice") == -5
@@ -245,3 +281,78 @@ def test_forged_journal_records_are_refused_on_replay(tmp_path: Path, fb: FakeBa
     assert sup.engine.journal is not None and sup.engine.journal.unusable_count == 2
     sup.recover()
     assert fb.value(victim.pid, "policy") == [0, 0]
+
+
+# --- serving vs batch, activity ---
+
+FAST = '[settings]\nidle_after = "2s"\n'
+
+
+def test_an_idle_runtime_process_gets_nothing_and_demotes_nothing(tmp_path: Path,
+                                                                  fb: FakeBackend) -> None:
+    nb = fb.spawn("python3", maps=[ORT])  # imported onnxruntime, then sleeps
+    hog = fb.spawn("make")
+    sup = make(tmp_path, fb)
+    sup.full_scan()
+    tick(sup, 3.0)
+    m = sup.managed_by_pid(nb.pid)
+    assert m is not None and m.cls == "batch"
+    assert fb.writes == []  # nothing touched at all
+    assert fb.value(hog.pid, "policy") == DEFAULTS["policy"]
+
+
+def test_serving_is_boosted_only_while_busy_and_background_only_demoted_then(
+        tmp_path: Path, fb: FakeBackend) -> None:
+    srv = server(fb)
+    hog = fb.spawn("make")
+    sup = make(tmp_path, fb, FAST)
+    sup.full_scan()
+    tick(sup, 2.0)  # listening but idle
+    assert fb.value(srv.pid, "nice") == 0 and fb.value(hog.pid, "nice") == 0
+    clock = sup.clock
+    assert isinstance(clock, Clock)
+    t0 = clock.t
+    while fb.value(srv.pid, "nice") != -10:  # it starts taking requests
+        tick(sup, sup.activity.config.interval_s, srv, cpu_share=0.2)
+        assert clock.t - t0 <= 1.0, "not boosted within 1 s of getting busy"
+    assert fb.value(hog.pid, "nice") == 19 and fb.value(hog.pid, "policy") == [5, 0]
+    view = sup.activity_view(TaskId(srv.pid, srv.start))
+    assert view is not None and view["busy"] and (view["cpu_percent"] or 0) >= 2.0
+    tick(sup, 5.0, srv, cpu_share=0.2)  # still serving: stays boosted
+    assert fb.value(srv.pid, "nice") == -10
+    t1 = clock.t
+    while fb.value(srv.pid, "nice") != 0:  # it stops
+        tick(sup, sup.activity.config.interval_s)
+        # idle_after after the window stopped showing CPU use, and one sample late at most
+        bound = 2.0 + sup.activity.config.window_s + sup.activity.config.interval_s
+        assert clock.t - t1 <= bound + 1e-6, "boost not lifted within idle_after"
+    assert fb.value(srv.pid, "cgroup") == ROOT_CG
+    assert fb.value(hog.pid, "nice") == 0 and fb.value(hog.pid, "policy") == DEFAULTS["policy"]
+    m = sup.managed_by_pid(srv.pid)
+    assert m is not None and m.cls == "inference" and not m.active
+
+
+def test_a_batch_process_that_opens_a_listening_socket_becomes_serving(
+        tmp_path: Path, fb: FakeBackend) -> None:
+    p = fb.spawn("python3", maps=[ORT])
+    sup = make(tmp_path, fb)
+    sup.full_scan()
+    tick(sup, 1.0, p)  # busy, but no socket: batch, untouched
+    assert sup.managed_by_pid(p.pid).cls == "batch"  # type: ignore[union-attr]
+    assert fb.value(p.pid, "nice") == 0
+    p.listening = ["unix /run/model.sock"]
+    tick(sup, 1.0, p)
+    m = sup.managed_by_pid(p.pid)
+    assert m is not None and m.cls == "inference" and m.active
+    assert fb.value(p.pid, "nice") == -10
+
+
+def test_opted_out_process_is_never_touched(tmp_path: Path, fb: FakeBackend) -> None:
+    p = server(fb, env={"AINATIVE_CLASS": "none"}, uid=USER)
+    sup = make(tmp_path, fb)
+    sup.full_scan()
+    tick(sup, 2.0, p)
+    assert sup.managed_by_pid(p.pid) is None
+    assert [w for w in fb.writes if w[0] == p.pid] == []
+    with pytest.raises(Refused, match="opted out"):
+        sup.register(p.pid, "inference", 0)

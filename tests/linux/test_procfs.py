@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -201,3 +202,232 @@ def threading_native_id() -> int:
     import threading
 
     return threading.get_native_id()
+
+
+# --- listening sockets: /proc/PID/net/{tcp,tcp6,unix} and /proc/PID/fd ---
+
+TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   105        0 112 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 113 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:D2F2 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
+   4: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 0000
+   5: 0100007F:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 bad 1
+"""  # noqa: E501 -- the kernel's line width
+
+TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 211 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 212 1 0000000000000000 100 0 0 10 0
+   2: 0000000000000000FFFF00000100007F:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 213 1 0000000000000000 100 0 0 10 0
+   3: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 214 1 0000000000000000 20 4 30 10 -1
+"""  # noqa: E501
+
+UNIX = """\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 311 /run/x.sock
+0000000000000000: 00000002 00000000 00010000 0005 01 312 @abs@name
+0000000000000000: 00000003 00000000 00000000 0001 03 313 /run/x.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 314
+0000000000000000: 00000002 00000000 00010000 0001 01 315
+0000000000000000: 00000002 00000000 00000000 0002 01 316 /run/dgram.sock
+0000000000000000: 00000002 00000000 00010000 0002 01 317 /run/odd.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 318 /tmp/a dir/s.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 bad /run/bad.sock
+0000000000000000: 00000002 00000000 0001
+"""
+
+
+@pytest.mark.skipif(sys.byteorder != "little",
+                    reason="the samples are a little-endian kernel's output")
+def test_parse_net_tcp_keeps_listeners_with_their_addresses() -> None:
+    # Established (01), TIME_WAIT (06, inode 0), a cut-off and a malformed line: skipped.
+    assert procfs.parse_net_tcp(TCP) == [(111, "0.0.0.0:8080"), (112, "127.0.0.1:5432")]
+    assert procfs.parse_net_tcp(TCP6) == [(211, "[::]:80"), (212, "[::1]:8080"),
+                                          (213, "[::ffff:127.0.0.1]:22")]
+    assert procfs.parse_net_tcp("") == [] and procfs.parse_net_tcp(TCP.splitlines()[0]) == []
+
+
+def test_parse_net_unix_keeps_listening_stream_and_seqpacket_sockets() -> None:
+    # 313/314: connected streams; 316/317: datagram sockets (never listening, whatever the
+    # flags say); the "bad" inode and the cut-off line: skipped.
+    assert procfs.parse_net_unix(UNIX) == [(311, "/run/x.sock"), (312, "@abs@name"),
+                                           (315, ""), (318, "/tmp/a dir/s.sock")]
+    assert procfs.parse_net_unix("") == []
+
+
+def test_parse_socket_link() -> None:
+    assert procfs.parse_socket_link("socket:[12345]") == 12345
+    for other in ("pipe:[12345]", "/dev/null", "anon_inode:[eventfd]", "socket:[x]",
+                  "socket:[1"):
+        assert procfs.parse_socket_link(other) is None
+
+
+LISTEN_TCP = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+s.listen()
+s6 = None
+if socket.has_ipv6:
+    try:
+        s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s6.bind(("::1", 0))
+        s6.listen()
+    except OSError:
+        s6 = None
+print(s.getsockname()[1], s6.getsockname()[1] if s6 else 0, flush=True)
+sys.stdin.readline()
+"""
+
+LISTEN_UNIX = """
+import socket, sys
+a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+a.bind(sys.argv[1])
+a.listen()
+b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+b.bind("\\0" + sys.argv[2])
+b.listen()
+c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+c.bind(sys.argv[3])
+c.listen()
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # bound, but datagrams do not listen
+d.bind(sys.argv[4])
+print("ok", flush=True)
+sys.stdin.readline()
+"""
+
+# Sockets of every kind the tables hold, none of them listening: a TCP connection to the
+# test's own listener, a bound UDP socket, a connected Unix pair.
+CONNECTED_ONLY = """
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", 0))
+pair = socket.socketpair()
+print("ok", flush=True)
+sys.stdin.readline()
+"""
+
+
+def start(code: str, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """A python child running code, once it has printed its first line (its sockets are
+    set up by then), and that line."""
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    if not line:
+        p.kill()
+        p.wait()
+        pytest.fail(f"child exited with {p.returncode} before setting up its sockets")
+    return p, line
+
+
+def stop(p: subprocess.Popen[str]) -> None:
+    p.kill()
+    p.wait()
+
+
+def test_listening_tcp_sockets_of_a_child() -> None:
+    p, line = start(LISTEN_TCP)
+    try:
+        port, port6 = (int(x) for x in line.split())
+        want = [f"tcp 127.0.0.1:{port}"] + ([f"tcp [::1]:{port6}"] if port6 else [])
+        assert procfs.listening_sockets(p.pid) == sorted(want)
+        # psutil agrees on what it listens on.
+        ps = sorted((c.laddr.ip, c.laddr.port) for c in psutil.Process(p.pid).net_connections()
+                    if c.status == psutil.CONN_LISTEN)
+        assert ps == sorted([("127.0.0.1", port)] + ([("::1", port6)] if port6 else []))
+    finally:
+        stop(p)
+
+
+def test_listening_unix_sockets_of_a_child(tmp_path: Path) -> None:
+    stream, seqpacket, dgram = (str(tmp_path / n) for n in ("s.sock", "q.sock", "d.sock"))
+    abstract = f"ainative-test-{os.getpid()}-{time.monotonic_ns()}"
+    p, _ = start(LISTEN_UNIX, stream, abstract, seqpacket, dgram)
+    try:
+        assert procfs.listening_sockets(p.pid) == sorted(
+            [f"unix {stream}", f"unix @{abstract}", f"unix {seqpacket}"])
+    finally:
+        stop(p)
+
+
+def test_connected_sockets_are_not_listening() -> None:
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    p, _ = start(CONNECTED_ONLY, str(port))
+    conn, _ = server.accept()
+    try:
+        assert len(procfs.socket_inodes(p.pid)) == 4  # it does hold sockets...
+        assert procfs.listening_sockets(p.pid) == []  # ...and listens on none of them
+        # Ours: the listener; the accepted connection is not one.
+        assert f"tcp 127.0.0.1:{port}" in procfs.listening_sockets(os.getpid())
+    finally:
+        stop(p)
+        conn.close()
+        server.close()
+
+
+def test_a_process_without_sockets_reads_no_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    real = procfs._read_net_table
+
+    def counting(pid: int, name: str, limit: int = 1 << 20) -> str:
+        read.append(name)
+        return real(pid, name, limit)
+
+    monkeypatch.setattr(procfs, "_read_net_table", counting)
+    p = spawn("/bin/sleep", "30")
+    try:
+        assert procfs.socket_inodes(p.pid) == set()
+        assert procfs.listening_sockets(p.pid) == [] and read == []
+    finally:
+        p.kill()
+        p.wait()
+    # The same counter sees the tables read for a process that does hold a socket.
+    q, _ = start("import socket, sys; pair = socket.socketpair(); print('ok', flush=True); "
+                 "sys.stdin.readline()")
+    try:
+        assert procfs.listening_sockets(q.pid) == [] and read == ["tcp", "tcp6", "unix"]
+    finally:
+        stop(q)
+
+
+def test_a_tcp_table_is_read_only_as_far_as_its_listeners(tmp_path: Path) -> None:
+    # The kernel lists listeners first; the connections after them are not read, past the
+    # chunk that reaches them.
+    header = TCP.splitlines()[0] + "\n"
+    listener, established = TCP.splitlines()[1] + "\n", TCP.splitlines()[3] + "\n"
+    table = tmp_path / "tcp"
+    table.write_text(header + listener * 3 + established * 5000)
+    got = procfs._read_tcp_table(str(table), 1, 1 << 20)
+    assert len(got) == procfs._TCP_CHUNK < table.stat().st_size
+    assert procfs.parse_net_tcp(got.decode()) == [(111, "0.0.0.0:8080")] * 3
+    # Listeners spanning several chunks are all read; the byte limit holds.
+    table.write_text(header + listener * 1000 + established * 5000)
+    got = procfs._read_tcp_table(str(table), 1, 1 << 20)
+    assert len(procfs.parse_net_tcp(got.decode())) == 1000 and len(got) < 3 * (1 << 16)
+    assert len(procfs._read_tcp_table(str(table), 1, 1000)) == 1000
+
+
+def test_listening_sockets_of_an_exited_process_raise_process_gone() -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    with pytest.raises(ProcessGone):
+        procfs.listening_sockets(p.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_another_users_sockets_are_a_permission_error() -> None:
+    code = ("import os, sys; from ainative.platform.linux import procfs\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "try:\n procfs.listening_sockets(int(sys.argv[1]))\n"
+            "except PermissionError: print('EACCES')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["EACCES"], out.stderr

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ainative.cli.plan_cmd import rules_dir_option, rules_option, window_option
 from ainative.ipc.client import Client, DaemonError, default_socket_path
 
 socket_option = click.option(
@@ -103,9 +104,26 @@ def status(socket_path: str | None, as_json: bool) -> None:
 @click.argument("pid", type=int)
 @socket_option
 @json_option
-def explain(pid: int, socket_path: str | None, as_json: bool) -> None:
+@click.option("--offline", is_flag=True,
+              help="Decide from /proc in this command, as `ainative plan` does, even when a "
+                   "daemon runs (used anyway when none answers).")
+@rules_option
+@rules_dir_option
+@window_option
+def explain(pid: int, socket_path: str | None, as_json: bool, offline: bool,
+            rules: tuple[str, ...], rules_dir: str, window: float | None) -> None:
     """Every signal checked for PID, the class chosen, and what is (or would be) applied."""
-    ex = _call(socket_path, "explain", pid=pid)
+    ex: dict[str, Any] | None = None
+    if not offline:
+        try:
+            ex = _client(socket_path).request("explain", pid=pid)
+        except DaemonError as e:
+            if "cannot reach" not in str(e):
+                raise click.ClickException(str(e)) from e
+    if ex is None:
+        from ainative.cli.plan_cmd import offline_explain
+
+        ex = offline_explain(pid, rules, rules_dir, window)
     if as_json:
         ex.pop("ok", None)
         click.echo(json.dumps(ex, indent=2, default=str))
@@ -122,8 +140,13 @@ def explain(pid: int, socket_path: str | None, as_json: bool) -> None:
 def register(pid: int, cls: str, socket_path: str | None) -> None:
     """Register PID explicitly in a class (your own processes; root: any)."""
     r = _call(socket_path, "register", pid=pid, **{"class": cls})
-    applied = ", ".join(f"{k}={v}" for k, v in r.get("applied", {}).items()) or "nothing yet"
-    click.echo(f"pid {pid} registered as {cls}; applied: {applied}")
+    if r.get("would_apply"):
+        would = ", ".join(f"{k}={v}" for k, v in r["would_apply"].items())
+        click.echo(f"pid {pid} registered as {cls}; would apply (dry run): {would}")
+    else:
+        applied = ", ".join(f"{k}={v}" for k, v in r.get("applied", {}).items())
+        click.echo(f"pid {pid} registered as {cls}; "
+                   + (f"applied: {applied}" if applied else f"now: {r.get('state', '')}"))
     for k, v in (r.get("errors") or {}).items():
         click.echo(f"  not applied: {k}: {v}")
 

@@ -53,17 +53,23 @@ def render_status(st: dict[str, Any]) -> None:
                 f"{(g.get('memory_used') or 0) >> 20}/{(g.get('memory_total') or 0) >> 20} MiB, "
                 f"{g.get('temperature_c')} C, {g.get('power_w')} W")
 
+    act = st.get("activity")
+    if act:
+        console.print(_activity_rules_line(act))
     t = Table(title=f"AI tasks: {st['task_count']}", header_style="bold")
-    for col in ("pid", "name", "class", "signals", "applied", "cpu s", "since"):
+    for col in ("pid", "name", "class", "signals", "activity", "knobs", "cpu s", "since"):
         t.add_column(col, overflow="fold")
     for task in st["tasks"]:
-        applied = ", ".join(f"{k}={v}" for k, v in task["applied"].items())
-        if not task["active"]:
-            applied = "(waiting: " + ", ".join(f"{k}={v}" for k, v in task["targets"].items()) + ")"
+        knobs = task["applied"] or task.get("would_apply") or task["targets"]
+        shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
+        state = task.get("state", "")
+        if state != "applied":
+            shown = f"{shown}\n({state})" if shown else f"({state})"
         notes = [f"[yellow]overridden {k}[/]" for k in task.get("overridden", {})]
         notes += [f"[red]{k}: {v}[/]" for k, v in task.get("errors", {}).items()]
         t.add_row(str(task["pid"]), task["name"], task["class"], "; ".join(task["signals"]),
-                  applied + ("\n" + "\n".join(notes) if notes else ""),
+                  _activity_cell(task.get("activity")),
+                  shown + ("\n" + "\n".join(notes) if notes else ""),
                   "-" if task["cpu_time_s"] is None else f"{task['cpu_time_s']:.1f}",
                   _ago(task["since"]))
     console.print(t)
@@ -79,6 +85,37 @@ def render_status(st: dict[str, Any]) -> None:
                       str(pool.get("locked")), str(pool.get("cuda_registered")))
         console.print(p)
     console.print(f"journal: {st['journal']['in_force']} change(s) in force")
+
+
+def _activity_rules_line(act: dict[str, Any]) -> str:
+    busy = "yes: demotions in force" if act.get("serving_busy") else "no: nothing demoted"
+    return (f"activity: busy at >= {act['active_cpu_percent']:g}% of a CPU over "
+            f"{act['active_window_s']:g} s, idle after {act['idle_after_s']:g} s; "
+            f"a serving process busy now: {busy}")
+
+
+def _activity_cell(a: dict[str, Any] | None) -> str:
+    if not a:
+        return "-"
+    cpu = "?" if a.get("cpu_percent") is None else f"{a['cpu_percent']:.0f}% cpu"
+    if a.get("busy"):
+        return f"busy {a.get('busy_since_s') or 0:.0f}s, {cpu}"
+    idle = a.get("idle_for_s")
+    return f"idle{f' {idle:.0f}s' if idle is not None else ''}, {cpu}"
+
+
+def render_plan(entries: list[dict[str, Any]], act: dict[str, Any], note: str) -> None:
+    """``ainative plan``: every process the rules would touch now, and how."""
+    console.print(note)
+    console.print(_activity_rules_line(act))
+    t = Table(title=f"processes the rules would touch: {len(entries)}", header_style="bold")
+    for col in ("pid", "name", "class", "signals", "activity", "knobs", "now"):
+        t.add_column(col, overflow="fold")
+    for e in entries:
+        t.add_row(str(e["pid"]), e["name"], e["class"], "; ".join(e["signals"]),
+                  _activity_cell(e.get("activity")),
+                  ", ".join(f"{k}={v}" for k, v in e["knobs"].items()) or "-", e["state"])
+    console.print(t)
 
 
 def _mib(v: Any) -> str:
@@ -102,15 +139,25 @@ def render_explain(ex: dict[str, Any]) -> None:
     console.print(f"class: [bold]{ex['class']}[/] (from the first matching signal above)")
     knobs = ", ".join(f"{k}={v}" for k, v in ex.get("knobs", {}).items())
     console.print(f"class knobs: {knobs}")
+    if ex.get("activity_rules"):
+        console.print(_activity_rules_line(ex["activity_rules"]))
+    if ex.get("activity"):
+        console.print(f"activity: {_activity_cell(ex['activity'])}")
     m = ex.get("managed")
     if m:
-        applied = ", ".join(f"{k}={v}" for k, v in m["applied"].items()) or "nothing"
-        console.print(f"applied: {applied} on {m['threads']} thread(s)")
+        if m["applied"]:
+            applied = ", ".join(f"{k}={v}" for k, v in m["applied"].items())
+            console.print(f"applied: {applied} on {m['threads']} thread(s)")
+        elif m.get("would_apply"):
+            would = ", ".join(f"{k}={v}" for k, v in m["would_apply"].items())
+            console.print(f"would apply: {would} on {m['threads']} thread(s)")
         for k, v in m.get("overridden", {}).items():
             console.print(f"[yellow]backed off {k}[/]: a person changed it ({v})")
         for k, v in m.get("errors", {}).items():
             console.print(f"[red]not applied {k}[/]: {v}")
-    if ex.get("why_not_applied"):
-        console.print(f"not applied: {ex['why_not_applied']}")
+    if ex.get("state"):
+        console.print(f"now: {ex['state']}")
     if ex.get("dry_run"):
         console.print(ex["dry_run"])
+    if ex.get("offline"):
+        console.print(ex["offline"])

@@ -21,9 +21,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ainative.core.classes import ClassPolicy
-from ainative.platform.base import POLICY_NAMES
+from ainative.core.classes import ClassPolicy, format_ioprio
+from ainative.platform.base import IOPRIO_CLASS_BY_NAME, POLICY_NAMES, SCHED_BATCH, SCHED_IDLE
 
+# The value of AINATIVE_CLASS that asks never to be touched, and the [access] table that
+# lets users opt out of demotions too. No class may take this name.
+OPT_OUT = "none"
 # The kernel's default cpu.weight for a cgroup; above it a group gets more than its share.
 DEFAULT_CPU_WEIGHT = 100
 # Group and user lookups go through NSS (maybe LDAP); remember them this long. Short, so
@@ -52,6 +55,25 @@ def privileged_reasons(cls: ClassPolicy) -> list[str]:
         out.append(f"memory_low {cls.memory_low} bytes (above 0)")
     if cls.cpuset is not None:
         out.append(f"cpuset {cls.cpuset} (reserved cores)")
+    return out
+
+
+def lowering_reasons(cls: ClassPolicy) -> list[str]:
+    """What in ``cls`` lowers a process below the kernel's defaults. Opting out of such a
+    class (AINATIVE_CLASS=none) would win its owner CPU that the rules withhold, so it
+    needs root or a grant ([access.none]) like a boost does."""
+    out: list[str] = []
+    if cls.nice is not None and cls.nice > 0:
+        out.append(f"nice {cls.nice}")
+    if cls.policy is not None and cls.policy in (SCHED_BATCH, SCHED_IDLE):
+        out.append(f"policy {POLICY_NAMES.get(cls.policy, cls.policy)}")
+    if cls.ioprio is not None and (cls.ioprio[0] == IOPRIO_CLASS_BY_NAME["idle"] or (
+            cls.ioprio[0] == IOPRIO_CLASS_BY_NAME["be"] and cls.ioprio[1] > 4)):
+        out.append(f"ioprio {format_ioprio(cls.ioprio)}")
+    if cls.cgroup and cls.cpu_weight is not None and cls.cpu_weight < DEFAULT_CPU_WEIGHT:
+        out.append(f"cpu_weight {cls.cpu_weight}")
+    if cls.cgroup and cls.cpu_idle:
+        out.append("cpu_idle")
     return out
 
 
@@ -106,6 +128,22 @@ class AccessPolicy:
         return (f"{who} may not ask for class {cls.name!r}: {', '.join(reasons)} {verb} root "
                 f"or a grant; add them to [access.{_toml_key(cls.name)}] users or groups "
                 "in a rule file")
+
+
+    def check_opt_out(self, cls: ClassPolicy, uid: int) -> str | None:
+        """None when ``uid`` may opt its process out of ``cls`` (AINATIVE_CLASS=none);
+        else one line saying why not. Opting out of a boost (or of a class that changes
+        nothing) is open to anyone; opting out of a demotion needs root or [access.none]."""
+        if uid == 0:
+            return None
+        reasons = lowering_reasons(cls)
+        if not reasons or self.granted(OPT_OUT, uid):
+            return None
+        name, _ = _identity(uid)
+        who = f"uid {uid} ({name})" if name is not None else f"uid {uid}"
+        return (f"{who} may not opt out of class {cls.name!r} ({', '.join(reasons)}), which "
+                "the rules give its process: that needs root or a grant; add them to "
+                "[access.none] users or groups in a rule file")
 
 
 def _toml_key(name: str) -> str:

@@ -43,8 +43,13 @@ class ClassPolicy:
     cpu_idle: bool | None = None
     cpuset: str | None = None
     memory_low: int | None = None
-    # Apply this class only while at least one `inference` process is being managed.
-    only_while_inference_active: bool = False
+    # Processes of this class serve requests: the class's knobs are applied only while the
+    # process is busy (CPU used in the recent activity window), and lifted after it has
+    # been idle for idle_after; and only their activity turns on the classes below.
+    serving: bool = False
+    # Apply this class only while at least one serving process is busy. (Also read under
+    # its old name, only_while_inference_active.)
+    only_while_serving_active: bool = False
     # Lower numbers win when signals disagree about nothing else (see classifier).
     rank: int = 50
 
@@ -81,8 +86,10 @@ class ClassPolicy:
             if self.memory_low is not None:
                 cg["memory_low"] = self.memory_low
             out["cgroup"] = cg
-        if self.only_while_inference_active:
-            out["only_while_inference_active"] = True
+        if self.serving:
+            out["serving"] = True
+        if self.only_while_serving_active:
+            out["only_while_serving_active"] = True
         return out
 
 
@@ -106,8 +113,11 @@ def parse_ioprio(text: str) -> tuple[int, int]:
 
 _CLASS_KEYS = {
     "description", "nice", "policy", "rt_priority", "ioprio", "affinity", "cgroup",
-    "cpu_weight", "cpu_idle", "cpuset", "memory_low", "only_while_inference_active", "rank",
+    "cpu_weight", "cpu_idle", "cpuset", "memory_low", "serving", "only_while_serving_active",
+    "only_while_inference_active", "rank",
 }
+# Keys read under an older name: the old spelling keeps working in existing rule files.
+_CLASS_KEY_ALIASES = {"only_while_inference_active": "only_while_serving_active"}
 
 
 def _int_in(val: Any, lo: int, hi: int) -> bool:
@@ -137,7 +147,8 @@ def _class_value(key: str, val: Any) -> Any:
             raise ValueError(f"{key} must be a CPU list like \"0-3,6\", not {val!r}")
         cpus = parse_cpus(str(val))
         return cpus if key == "affinity" else str(val)
-    if key in ("cgroup", "cpu_idle", "only_while_inference_active"):
+    if key in ("cgroup", "cpu_idle", "serving", "only_while_serving_active",
+               "only_while_inference_active"):
         if not isinstance(val, bool):
             raise ValueError(f"{key} must be true or false, not {val!r}")
         return val
@@ -175,13 +186,17 @@ def class_from_table(name: str, t: dict[str, Any], base: ClassPolicy | None = No
     kw["name"] = name
     for key, val in t.items():
         try:
-            kw[key] = _class_value(key, val)
+            kw[_CLASS_KEY_ALIASES.get(key, key)] = _class_value(key, val)
         except ValueError as e:
             raise BadClassKey(key, f"class {name!r}: {e}") from None
     pol = ClassPolicy(**kw)
     if pol.is_realtime and pol.rt_priority == 0:
         raise BadClassKey("policy" if "policy" in t else "rt_priority",
                           f"class {name!r}: a realtime policy needs rt_priority 1..99")
+    if pol.serving and pol.only_while_serving_active:
+        # Its processes would wait for a busy serving process, which only they can be.
+        raise BadClassKey("serving", f"class {name!r}: a serving class cannot also wait "
+                          "for a serving process (only_while_serving_active)")
     return pol
 
 

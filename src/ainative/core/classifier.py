@@ -1,14 +1,25 @@
 """Multi-signal, explainable classification of one process.
 
-Every signal is checked and reported (for `ainative explain`); the class comes from the
-strongest signal that matched, in this order: explicit registration, the opt-in
-environment variable, rules (later files first), mapped AI libraries, the GPU's
-compute-process list.
+Every signal is checked and reported (for `ainative explain` and `ainative plan`); the
+class comes from the strongest signal that matched, in this order: explicit
+registration, the opt-in environment variable, rules (later files first), then the
+evidence of AI work: mapped AI runtime libraries or the GPU's compute-process list.
+
+An AI runtime says "AI process", not "latency-critical": whether it serves requests
+comes from a declaration (a registration, AINATIVE_CLASS, a rule naming a known server)
+or from behaviour, chiefly a listening socket (TCP or Unix) of its own. An AI process
+that listens gets the ``serving_class`` setting (``inference``); one that does not is
+throughput work and gets ``library_class`` / ``gpu_process_class`` (``batch``: left at
+its fair share). Whether a serving process is busy is the activity tracker's business
+(core/activity.py), not this module's.
 
 Registration and the environment variable are requests made by a process's owner, so
 both go through the same access policy (``[access]`` in the rule files): a user may ask
 only for what they could do to their own process, unless granted more. Rules, libraries
-and the GPU list are the administrator's policy and need no grant.
+and the GPU list are the administrator's policy and need no grant. AINATIVE_CLASS=none
+opts a process out (never touched), except out of a demotion the rules give it, which
+needs a grant too (``[access.none]``); ``[[ignore]]`` tables are the administrator's
+opt-outs and always win.
 """
 
 from __future__ import annotations
@@ -19,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ainative.core.access import OPT_OUT
 from ainative.core.rules import ProcessFacts, RuleSet
-from ainative.core.signatures import match_libraries
+from ainative.core.signatures import in_use, match_libraries
 from ainative.platform.backend import Backend
 from ainative.platform.base import SCHED_FIFO, SCHED_RR, ProcessGone, ProcessInfo, TaskId
 
@@ -35,7 +47,7 @@ LIBRARY_RECHECK_STEADY = 120.0
 
 @dataclass
 class Signal:
-    name: str  # registration, env, rule, library, gpu
+    name: str  # registration, env, rule, library, gpu, listen
     matched: bool
     detail: str
     cls: str | None = None
@@ -73,11 +85,12 @@ class Decision:
 @dataclass
 class _LibCache:
     ident: TaskId  # the process these files belong to (a reused pid is another one)
-    libs: dict[str, str]
+    libs: dict[str, str]  # runtimes in use: {runtime: path}
     basenames: list[str]
     first_seen: float
     checked_at: float
     checks: int
+    unused: dict[str, str] = field(default_factory=dict)  # mapped, not in use (bare cudart)
 
 
 class Classifier:
@@ -118,13 +131,14 @@ class Classifier:
         paths = self.backend.mapped_files(ident.pid)
         if self.backend.task_id(ident.pid).start_time != ident.start_time:
             raise ProcessGone(ident.pid)
-        found = match_libraries(paths)
+        found, unused = in_use(match_libraries(paths))
         bases = sorted({os.path.basename(p) for p in paths})
         if c is None:
-            c = _LibCache(ident, found, bases, now, now, 1)
+            c = _LibCache(ident, found, bases, now, now, 1, unused)
             self._libs[ident.pid] = c
         else:
             c.libs, c.basenames, c.checked_at, c.checks = found, bases, now, c.checks + 1
+            c.unused = unused
         return c
 
     @staticmethod
@@ -204,6 +218,36 @@ class Classifier:
         if d.excluded:
             return d
 
+        lib_cache: _LibCache | None = None
+
+        def lib_basenames() -> list[str]:
+            nonlocal lib_cache
+            if lib_cache is None:
+                lib_cache = self._lib_cache_for(info.ident, libraries)
+            return lib_cache.basenames if lib_cache else []
+
+        def runtimes() -> list[str]:
+            lib_basenames()
+            return sorted(lib_cache.libs) if lib_cache else []
+
+        facts = ProcessFacts(
+            comm=info.comm,
+            exe=info.exe,
+            cmdline=" ".join(info.cmdline),
+            user=info.user,
+            uid=info.uid,
+            cgroup=info.cgroup_path,
+            parent_comm=(self._parent_comm(info.ppid)
+                         if self.rules.uses_parent else None),
+            libraries=lib_basenames,
+            runtimes=runtimes,
+        )
+        ignored = self.rules.first_ignore(facts)
+        if ignored:
+            rule, why = ignored
+            d.excluded = f"ignored by {rule.name!r} ({rule.source}): {', '.join(why)}"
+            return d
+
         reg = self.registrations.get(info.ident)
         if reg is None:
             d.signals.append(Signal("registration", False, "not registered"))
@@ -224,6 +268,8 @@ class Classifier:
         else:
             if env_cls is None:
                 d.signals.append(Signal("env", False, f"{ENV_VAR} unset"))
+            elif env_cls == OPT_OUT:
+                pass  # decided below, once it is known what the process is opting out of
             elif len(env_cls) > MAX_ENV_VALUE or env_cls not in self.rules.classes:
                 d.signals.append(Signal("env", False, f"{ENV_VAR} is set to something that "
                                         "is not a known class", None))
@@ -234,24 +280,6 @@ class Classifier:
                     f"{ENV_VAR}={env_cls}" + (f"; refused: {refused}" if refused else ""),
                     env_cls if refused is None else None))
 
-        lib_cache: _LibCache | None = None
-
-        def lib_basenames() -> list[str]:
-            nonlocal lib_cache
-            if lib_cache is None:
-                lib_cache = self._lib_cache_for(info.ident, libraries)
-            return lib_cache.basenames if lib_cache else []
-
-        facts = ProcessFacts(
-            comm=info.comm,
-            exe=info.exe,
-            cmdline=" ".join(info.cmdline),
-            user=info.user,
-            uid=info.uid,
-            cgroup=info.cgroup_path,
-            parent_comm=self._parent_comm(info.ppid) if self.rules.uses_parent else None,
-            libraries=lib_basenames,
-        )
         hit = self.rules.first_match(facts)
         if hit:
             rule, why = hit
@@ -262,14 +290,16 @@ class Classifier:
             n = len(self.rules.rules)
             d.signals.append(Signal("rule", False, f"none of {n} rules matched"))
 
-        if lib_cache is None:
-            lib_cache = self._lib_cache_for(info.ident, libraries)
+        lib_basenames()
         if lib_cache is None:
             d.signals.append(Signal("library", False, "mapped files not readable"))
         elif lib_cache.libs:
-            runtimes = ", ".join(f"{k} ({os.path.basename(v)})" for k, v in lib_cache.libs.items())
-            d.signals.append(Signal("library", True, f"maps {runtimes}",
-                                    self.rules.library_class))
+            found = ", ".join(f"{k} ({os.path.basename(v)})" for k, v in lib_cache.libs.items())
+            d.signals.append(Signal("library", True, f"maps {found}", self.rules.library_class))
+        elif lib_cache.unused:
+            found = ", ".join(os.path.basename(v) for v in lib_cache.unused.values())
+            d.signals.append(Signal("library", False, f"maps {found} but not the CUDA driver: "
+                                    "CUDA is not in use"))
         else:
             d.signals.append(Signal("library", False,
                                     f"no AI runtime among {len(lib_cache.basenames)} mapped files"))
@@ -285,11 +315,49 @@ class Classifier:
                                     else "not a GPU compute process",
                                     self.rules.gpu_process_class if on_gpu else None))
 
-        for s in d.signals:
-            if s.matched and s.cls:
-                d.cls = s.cls
-                break
+        declared = next((s for s in d.signals
+                         if s.matched and s.cls and s.name in ("registration", "env", "rule")),
+                        None)
+        ai = next((s for s in d.signals if s.matched and s.name in ("library", "gpu")), None)
+        if declared is not None:
+            d.cls = declared.cls
+            d.signals.append(Signal("listen", False, f"not needed: {declared.name} decides"))
+        elif ai is not None:
+            listen = self._listen_signal(info.pid)
+            d.signals.append(listen)
+            d.cls = listen.cls if listen.matched else ai.cls
+        else:
+            d.signals.append(Signal("listen", False, "not needed: no AI runtime"))
+
+        if env_cls == OPT_OUT:
+            self._opt_out(d, info.uid)
         return d
+
+    def _listen_signal(self, pid: int) -> Signal:
+        """Serving evidence of an AI process: the sockets it listens on."""
+        try:
+            socks = self.backend.listening_sockets(pid)
+        except PermissionError:
+            return Signal("listen", False, "sockets not readable")
+        except OSError as e:
+            return Signal("listen", False, f"sockets not readable: {e}")
+        if not socks:
+            return Signal("listen", False, "no listening socket: throughput work, not serving")
+        shown = ", ".join(socks[:4]) + (f" and {len(socks) - 4} more" if len(socks) > 4 else "")
+        return Signal("listen", True, f"listens on {shown}", self.rules.serving_class)
+
+    def _opt_out(self, d: Decision, uid: int) -> None:
+        """AINATIVE_CLASS=none: never touched, unless it would opt out of a demotion the
+        rules give it and its owner has no grant for that."""
+        policy = self.rules.classes.get(d.cls) if d.cls else None
+        refused = self.rules.access.check_opt_out(policy, uid) if policy else None
+        if refused:
+            d.signals.insert(1, Signal("env", False, f"{ENV_VAR}={OPT_OUT}; refused: {refused}"))
+            return
+        d.signals.insert(1, Signal("env", True, f"{ENV_VAR}={OPT_OUT}: opted out"))
+        d.cls = None
+        d.excluded = f"opted out by its owner ({ENV_VAR}={OPT_OUT})"
+
 
     def refusal(self, cls: str, uid: int) -> str | None:
         """Why uid may not ask for cls (None when it may): the access policy's answer."""

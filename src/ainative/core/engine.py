@@ -28,8 +28,6 @@ from ainative.core.knobs import THREAD_KNOBS, comparable, describe
 from ainative.platform.backend import Backend
 from ainative.platform.base import ProcessGone, TaskId
 
-INFERENCE = "inference"
-
 
 def thread_targets(cls: ClassPolicy) -> dict[str, Any]:
     t: dict[str, Any] = {}
@@ -58,7 +56,7 @@ class Managed:
     cls: str
     decision: Decision
     since: float = field(default_factory=time.time)
-    active: bool = False  # knobs applied (background may wait for inference)
+    active: bool = False  # knobs applied (serving waits to be busy, background for serving)
     baseline: dict[str, Any] = field(default_factory=dict)  # values before us (main thread)
     targets: dict[str, Any] = field(default_factory=dict)
     threads: dict[int, TaskId] = field(default_factory=dict)
@@ -111,6 +109,7 @@ class Engine:
         dry_run: bool = False,
         cgroups_enabled: bool = True,
         clock: Callable[[], float] = time.time,
+        busy: Callable[[TaskId], bool] = lambda _ident: True,
     ) -> None:
         self.backend = backend
         self.journal = journal
@@ -118,6 +117,8 @@ class Engine:
         self.dry_run = dry_run or journal is None
         self.cgroups_enabled = cgroups_enabled
         self.clock = clock
+        # Whether a serving process is busy now (the supervisor's activity tracker).
+        self.busy = busy
         self.managed: dict[TaskId, Managed] = {}
         self.paused = False
         self._cgroup_paths: dict[str, dict[str, str]] = {}
@@ -190,31 +191,42 @@ class Engine:
         self._prepared[cls.name] = cls
         return paths
 
+    def _serving(self, m: Managed) -> bool:
+        cls = self.classes.get(m.cls)
+        return cls is not None and cls.serving
+
     def _should_be_active(self, m: Managed) -> bool:
         if self.paused:
             return False
         cls = self.classes[m.cls]
-        if cls.only_while_inference_active:
-            return self.inference_active()
+        if cls.serving:
+            return self.busy(m.ident)
+        if cls.only_while_serving_active:
+            return self.serving_active()
         return True
 
-    def inference_active(self) -> bool:
-        return any(m.cls == INFERENCE and m.active for m in self.managed.values())
+    def serving_active(self) -> bool:
+        """Whether some serving process is busy (and so has its boost)."""
+        return any(m.active and self._serving(m) for m in self.managed.values())
 
     def update_activation(self) -> None:
-        """Apply or lift classes that wait for an active inference process."""
-        for m in list(self.managed.values()):
-            if m.cls == INFERENCE:
-                continue
+        """Apply or lift what depends on activity: serving processes by their own, then
+        the classes that wait for a busy serving process."""
+        ordered = sorted(self.managed.values(), key=lambda m: not self._serving(m))
+        for m in ordered:
+            if m.ident not in self.managed:
+                continue  # exited while an earlier one was applied
             want = self._should_be_active(m)
             if want and not m.active:
-                self.activate(m)
+                self.activate(m, cascade=False)
             elif not want and m.active:
-                self.deactivate(m, "no inference process is active")
+                why = ("idle: no recent CPU use" if self._serving(m)
+                       else "no serving process is busy")
+                self.deactivate(m, why)
 
     # --- applying ---
 
-    def activate(self, m: Managed) -> None:
+    def activate(self, m: Managed, cascade: bool = True) -> None:
         m.active = True
         try:
             self._apply_process(m)
@@ -223,7 +235,7 @@ class Engine:
             return
         log.event("applied", pid=m.ident.pid, name=m.name, cls=m.cls,
                   knobs=m.applied_summary(), errors=m.errors or None, dry_run=self.dry_run)
-        if m.cls == INFERENCE:
+        if cascade and self._serving(m):
             self.update_activation()
 
     def _catch_up(self, m: Managed) -> None:
@@ -431,7 +443,7 @@ class Engine:
         if self.journal and m.owned:
             self.journal.close([c.seq for c in m.owned.values()], "gone")
         log.event("forgotten", pid=ident.pid, name=m.name, cls=m.cls, why=why)
-        if m.cls == INFERENCE:
+        if m.active and self._serving(m):
             self.update_activation()
 
     def unmanage(self, ident: TaskId, why: str) -> UndoReport:
@@ -443,7 +455,7 @@ class Engine:
         rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin})
         self._unpin(m)
         log.event("unmanaged", pid=ident.pid, name=m.name, cls=m.cls, why=why, undone=rep.undone)
-        if m.cls == INFERENCE:
+        if m.active and self._serving(m):
             self.update_activation()
         return rep
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol, TypeGuard
 
-from ainative.core.access import AccessPolicy, Grant
+from ainative.core.access import OPT_OUT, AccessPolicy, Grant
 from ainative.core.classes import BadClassKey, ClassPolicy, ConfigError, class_from_table
 from ainative.fsnames import file_kind, user_label
 
@@ -37,13 +37,28 @@ except ImportError:  # pragma: no cover - exercised only on a broken install
 DEFAULT_RULES_DIR = "/etc/ainative/rules.d"
 MAX_RULE_FILE = 1 << 20
 
-_TOP_KEYS = {"classes", "rule", "settings", "access"}
-_RULE_KEYS = {"name", "class", "comm", "exe", "cmdline", "user", "cgroup", "parent", "library"}
-_SETTING_KEYS = {"gpu_available_threshold", "library_class", "gpu_process_class"}
+_TOP_KEYS = {"classes", "rule", "ignore", "settings", "access"}
+_CONDITION_KEYS = {"comm", "exe", "cmdline", "user", "cgroup", "parent", "library", "runtime"}
+_RULE_KEYS = {"name", "class", *_CONDITION_KEYS}
+_IGNORE_KEYS = {"name", *_CONDITION_KEYS}
+_CLASS_SETTINGS = {"library_class", "gpu_process_class", "serving_class"}
+_DURATION_SETTINGS = {"active_window", "idle_after"}
+_SETTING_KEYS = {"gpu_available_threshold", "active_cpu_percent", *_CLASS_SETTINGS,
+                 *_DURATION_SETTINGS}
 _ACCESS_KEYS = {"users", "groups"}
 _MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no id"
 _DEFAULT_THRESHOLD = 50.0
-_DEFAULT_CLASS = "inference"
+# An AI runtime with no sign of serving is throughput work; with one, it serves.
+_DEFAULT_CLASS = "batch"
+_DEFAULT_SERVING_CLASS = "inference"
+# Activity of serving processes (see core/activity.py for what each means).
+_DEFAULT_ACTIVE_CPU_PERCENT = 2.0
+_DEFAULT_ACTIVE_WINDOW = 1.0
+_DEFAULT_IDLE_AFTER = 30.0
+# Bounds on the activity settings: a window under 0.1 s is below what /proc's 10 ms CPU
+# ticks can measure; an idle_after over a day is a boost that never ends.
+_WINDOW_RANGE = (0.1, 60.0)
+_IDLE_RANGE = (0.2, 86400.0)
 
 
 class CmdlinePattern(Protocol):
@@ -117,6 +132,8 @@ class ProcessFacts:
     cgroup: str
     parent_comm: str | None
     libraries: Callable[[], list[str]]  # basenames of mapped files, read only if a rule asks
+    # Names of the AI runtimes the process maps (core/signatures.py), read only if asked.
+    runtimes: Callable[[], list[str]] = list
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,7 @@ class Rule:
     cgroup: tuple[str, ...] = ()
     parent: tuple[str, ...] = ()
     library: tuple[str, ...] = ()
+    runtime: tuple[str, ...] = ()  # globs on runtime names ("*": any AI runtime)
 
     def match(self, f: ProcessFacts) -> list[str]:
         """The conditions that matched, or [] when any condition fails."""
@@ -165,6 +183,12 @@ class Rule:
             if hit is None:
                 return []
             why.append(f"library={hit}")
+        if self.runtime:
+            names = f.runtimes()
+            hit = next((n for n in names if _any_glob(n, self.runtime)), None)
+            if hit is None:
+                return []
+            why.append(f"runtime={hit}")
         return why
 
 
@@ -186,11 +210,20 @@ class RuleSet:
     setting_sources: dict[str, str] = field(default_factory=dict)
     # Who may ask for which class ([access.CLASS] tables).
     access: AccessPolicy = field(default_factory=AccessPolicy)
+    # [[ignore]] tables: processes never touched, whatever else says. Later files first.
+    ignores: list[Rule] = field(default_factory=list)
 
     @property
     def uses_parent(self) -> bool:
         """Whether any rule looks at the parent's name (else nobody reads it)."""
         return any(r.parent for r in self.rules)
+
+    def first_ignore(self, f: ProcessFacts) -> tuple[Rule, list[str]] | None:
+        for rule in self.ignores:
+            why = rule.match(f)
+            if why:
+                return rule, why
+        return None
 
     def first_match(self, f: ProcessFacts) -> tuple[Rule, list[str]] | None:
         for rule in self.rules:
@@ -215,6 +248,32 @@ class RuleSet:
     def gpu_process_class(self) -> str:
         v = self.settings.get("gpu_process_class")
         return v if isinstance(v, str) else _DEFAULT_CLASS
+
+    @property
+    def serving_class(self) -> str:
+        """The class of an AI runtime process that shows it serves (a listening socket)."""
+        v = self.settings.get("serving_class")
+        return v if isinstance(v, str) else _DEFAULT_SERVING_CLASS
+
+    @property
+    def active_cpu_percent(self) -> float:
+        v = self.settings.get("active_cpu_percent")
+        return float(v) if _is_cpu_percent(v) else _DEFAULT_ACTIVE_CPU_PERCENT
+
+    @property
+    def active_window(self) -> float:
+        v = self.settings.get("active_window")
+        return float(v) if isinstance(v, float) else _DEFAULT_ACTIVE_WINDOW
+
+    @property
+    def idle_after(self) -> float:
+        v = self.settings.get("idle_after")
+        return float(v) if isinstance(v, float) else _DEFAULT_IDLE_AFTER
+
+
+def _is_cpu_percent(v: Any) -> TypeGuard[int | float]:
+    # Percent of one CPU; above 100 means more than one core's worth.
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 100_000
 
 
 def _as_tuple(v: Any, what: str) -> tuple[str, ...]:
@@ -280,9 +339,10 @@ def _table_line(lines: list[str], table: list[str]) -> int | None:
 _ANY_HEADER = re.compile(r"^\s*\[")
 
 
-def _rule_header_lines(lines: list[str]) -> list[int]:
-    """Line numbers of each [[rule]] header, in order, so errors can name a line."""
-    pat = re.compile(r"^\s*\[\[\s*" + _key_alt("rule") + r"\s*\]\]")
+def _rule_header_lines(lines: list[str], table: str = "rule") -> list[int]:
+    """Line numbers of each [[rule]] (or [[ignore]]) header, in order, so errors can name
+    a line."""
+    pat = re.compile(r"^\s*\[\[\s*" + _key_alt(table) + r"\s*\]\]")
     return [i + 1 for i, line in enumerate(lines) if pat.match(line)]
 
 
@@ -319,18 +379,28 @@ def parse_rules_text(text: str, source: str, into: RuleSet) -> None:
     raw_rules = data.get("rule", [])
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{at(['rule'])}: 'rule' must be an array of tables ([[rule]])")
-    heads = _rule_header_lines(lines)
-    new_rules: list[Rule] = []
-    for i, r in enumerate(raw_rules):
+    # Later sources take precedence: their rules go first.
+    into.rules[:0] = _parse_rule_array(raw_rules, "rule", lines, source)
+    raw_ignores = data.get("ignore", [])
+    if not isinstance(raw_ignores, list):
+        raise ConfigError(f"{at(['ignore'])}: 'ignore' must be an array of tables "
+                          "([[ignore]])")
+    into.ignores[:0] = _parse_rule_array(raw_ignores, "ignore", lines, source)
+    into.sources.append(source)
+
+
+def _parse_rule_array(raw: list[Any], table: str, lines: list[str], source: str
+                      ) -> list[Rule]:
+    heads = _rule_header_lines(lines, table)
+    out: list[Rule] = []
+    for i, r in enumerate(raw):
         where = f"{source}:{heads[i] if i < len(heads) else 1}"
         try:
-            new_rules.append(_parse_rule(r, where, i))
+            out.append(_parse_rule(r, where, i, ignore=table == "ignore"))
         except (ValueError, TypeError) as e:
             label = r.get("name", f"#{i + 1}") if isinstance(r, dict) else f"#{i + 1}"
-            raise ConfigError(f"{where}: rule {label!r}: {e}") from None
-    # Later sources take precedence: their rules go first.
-    into.rules[:0] = new_rules
-    into.sources.append(source)
+            raise ConfigError(f"{where}: {table} {label!r}: {e}") from None
+    return out
 
 
 def _parse_settings(settings: Any, at: Callable[..., str], into: RuleSet) -> None:
@@ -345,11 +415,36 @@ def _parse_settings(settings: Any, at: Callable[..., str], into: RuleSet) -> Non
         if key == "gpu_available_threshold":
             if not _is_threshold(val):
                 raise ConfigError(f"{where}: setting {key} must be a number 0..100, not {val!r}")
+        elif key == "active_cpu_percent":
+            if not _is_cpu_percent(val):
+                raise ConfigError(f"{where}: setting {key} must be a number above 0 (percent "
+                                  f"of one CPU, e.g. 2.0), not {val!r}")
+        elif key in _DURATION_SETTINGS:
+            lo, hi = _WINDOW_RANGE if key == "active_window" else _IDLE_RANGE
+            val = _duration_setting(val, key, where, lo, hi)
         elif not isinstance(val, str):
             raise ConfigError(f"{where}: setting {key} must be the name of a class "
                               f"(a string), not {val!r}")
         into.settings[key] = val
         into.setting_sources[key] = where
+
+
+def _duration_setting(val: Any, key: str, where: str, lo: float, hi: float) -> float:
+    """Seconds from a number or a duration text like "30s" / "250ms", within [lo, hi]."""
+    from ainative.units import UnitError, parse_duration
+
+    secs: float | None = None
+    if isinstance(val, int | float) and not isinstance(val, bool):
+        secs = float(val)
+    elif isinstance(val, str):
+        try:
+            secs = parse_duration(val, key)
+        except UnitError:
+            secs = None
+    if secs is None or not lo <= secs <= hi:
+        raise ConfigError(f"{where}: setting {key} must be a duration from {lo:g} s to "
+                          f"{hi:g} s (a number of seconds or text like \"30s\"), not {val!r}")
+    return secs
 
 
 def _parse_classes(classes: Any, at: Callable[..., str], source: str, into: RuleSet) -> None:
@@ -358,6 +453,9 @@ def _parse_classes(classes: Any, at: Callable[..., str], source: str, into: Rule
     for name, table in classes.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{at(['classes'], name)}: class {name!r} must be a table")
+        if name == OPT_OUT:
+            raise ConfigError(f"{at(['classes', name])}: {OPT_OUT!r} cannot be a class: "
+                              f"AINATIVE_CLASS={OPT_OUT} means never touched")
         try:
             into.classes[name] = class_from_table(name, table, into.classes.get(name))
         except BadClassKey as e:
@@ -409,25 +507,25 @@ def _parse_access(access: Any, at: Callable[..., str], into: RuleSet) -> None:
                                     got.get("groups", frozenset()), head))
 
 
-def _parse_rule(r: Any, where: str, i: int) -> Rule:
+def _parse_rule(r: Any, where: str, i: int, ignore: bool = False) -> Rule:
     if not isinstance(r, dict):
         raise ValueError("must be a table")
-    unknown = set(r) - _RULE_KEYS
+    allowed = _IGNORE_KEYS if ignore else _RULE_KEYS
+    unknown = set(r) - allowed
     if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_RULE_KEYS)}")
-    if "class" not in r or not isinstance(r["class"], str):
+        raise ValueError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if not ignore and ("class" not in r or not isinstance(r["class"], str)):
         raise ValueError("needs a class = \"...\"")
     if "name" in r and not isinstance(r["name"], str):
         raise ValueError(f"name must be a string, not {r['name']!r}")
-    conds = _RULE_KEYS - {"name", "class"}
-    if not conds & set(r):
-        raise ValueError(f"matches nothing: give at least one of {sorted(conds)}")
+    if not _CONDITION_KEYS & set(r):
+        raise ValueError(f"matches nothing: give at least one of {sorted(_CONDITION_KEYS)}")
     cmd = r.get("cmdline")
     if cmd is not None and not isinstance(cmd, str):
         raise ValueError("cmdline must be one regular expression (a string)")
     return Rule(
-        name=str(r.get("name", f"rule {i + 1}")),
-        cls=r["class"],
+        name=str(r.get("name", f"{'ignore' if ignore else 'rule'} {i + 1}")),
+        cls="" if ignore else r["class"],
         source=where,
         comm=_as_tuple(r["comm"], "comm") if "comm" in r else (),
         exe=_as_tuple(r["exe"], "exe") if "exe" in r else (),
@@ -436,6 +534,7 @@ def _parse_rule(r: Any, where: str, i: int) -> Rule:
         cgroup=_as_tuple(r["cgroup"], "cgroup") if "cgroup" in r else (),
         parent=_as_tuple(r["parent"], "parent") if "parent" in r else (),
         library=_as_tuple(r["library"], "library") if "library" in r else (),
+        runtime=_as_tuple(r["runtime"], "runtime") if "runtime" in r else (),
     )
 
 
@@ -556,13 +655,13 @@ def validate(rs: RuleSet) -> None:
                 f"{rule.source}: rule {rule.name!r} names class {rule.cls!r}, "
                 f"which is not defined (classes: {defined})"
             )
-    for key in ("library_class", "gpu_process_class"):
+    for key in sorted(_CLASS_SETTINGS):
         cls = rs.settings.get(key)
         if cls is not None and cls not in rs.classes:
             where = rs.setting_sources.get(key, "<settings>")
             raise ConfigError(f"{where}: setting {key} names class {cls!r}, which is not "
                               f"defined (classes: {defined})")
     for name, grant in rs.access.grants.items():
-        if name not in rs.classes:
+        if name not in rs.classes and name != OPT_OUT:
             raise ConfigError(f"{grant.source or '<access>'}: [access.{name}] grants class "
                               f"{name!r}, which is not defined (classes: {defined})")

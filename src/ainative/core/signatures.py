@@ -30,6 +30,21 @@ SIGNATURES: tuple[LibrarySignature, ...] = (
 )
 
 
+# Runtimes that mean nothing without the CUDA driver loaded beside them: a process can map
+# libcudart (a pinned-memory helper probing for a GPU, a wheel that links it) and never
+# touch a GPU. Such a process uses CUDA only once libcuda (the driver) is mapped too.
+NEEDS_DRIVER = frozenset({"cuda-runtime", "cudnn"})
+
+
+def in_use(found: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split matched runtimes into (in use, mapped but not in use): CUDA user-space
+    libraries without the driver count for nothing."""
+    if "cuda-driver" in found:
+        return dict(found), {}
+    return ({k: v for k, v in found.items() if k not in NEEDS_DRIVER},
+            {k: v for k, v in found.items() if k in NEEDS_DRIVER})
+
+
 def match_libraries(paths: list[str]) -> dict[str, str]:
     """{runtime: first matching path} for every signature some mapped file matches."""
     found: dict[str, str] = {}

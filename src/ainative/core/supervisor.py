@@ -1,10 +1,13 @@
 """The supervisor: process events -> classification -> engine.
 
-It owns the classifier and the engine and is the one place that decides what an event
-means: an exec is a new program to classify; a fork of a managed process is a child
-that inherited our values (managed itself, or put back); an exit purges every table
-entry of that pid; a library re-check timer looks again at a process that may load a
-runtime late; a rule swap re-targets the processes already managed.
+It owns the classifier, the engine and the activity tracker and is the one place that
+decides what an event means: an exec is a new program to classify; a fork of a managed
+process is a child that inherited our values (managed itself, or put back); an exit
+purges every table entry of that pid; a library re-check timer looks again at a process
+that may load a runtime late; an activity tick samples the CPU time of serving processes
+(boost on while busy, off once idle) and of AI processes not yet serving (one that starts
+using CPU is looked at again: it may have opened a listening socket); a rule swap
+re-targets the processes already managed.
 
 Platform-free and single-threaded: the daemon's loop feeds it events and timer ticks,
 the API asks it to register, restore and resume. Unit-tested with a fake backend.
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ainative import log
+from ainative.core.activity import ActivityConfig, ActivityTracker, ActivityView
 from ainative.core.classifier import Classifier, Decision
 from ainative.core.engine import Engine, Managed, UndoReport
 from ainative.core.journal import Journal
@@ -30,6 +34,9 @@ from ainative.platform.base import ProcessGone, ProcEvent, TaskId
 # lazily, and the heap is rebuilt when it holds this many times more entries than live
 # processes waiting, so an exec storm cannot grow it without bound.
 _TIMER_SLACK = 4
+# An AI process not (yet) serving that uses CPU is looked at for a listening socket at
+# most this often: a batch job running flat out must not cost a socket scan every tick.
+_LISTEN_RECHECK_S = 0.5
 
 
 class Refused(Exception):
@@ -62,8 +69,11 @@ class Supervisor:
         self.classifier = Classifier(
             backend, rules, self_pid=config.self_pid if config.self_pid else os.getpid(),
             scope_pid=config.scope_pid, gpu_pids=gpu_pids, clock=clock)
+        self.activity = ActivityTracker(activity_config(rules))
         self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
-                             cgroups_enabled=config.cgroups)
+                             cgroups_enabled=config.cgroups, busy=self.activity.busy)
+        self._next_sample: float | None = None
+        self._listen_checked: dict[int, float] = {}  # pid -> when its sockets were last read
         self._timers: list[tuple[float, int, TaskId]] = []
         # pid -> (identity, due time of its re-check): keyed by pid so an exit purges in O(1)
         self._waiting: dict[int, tuple[TaskId, float]] = {}
@@ -123,6 +133,8 @@ class Supervisor:
             self.engine.forget(ident, "exited")
         self.classifier.forget_exited(pid)
         self._waiting.pop(pid, None)
+        self.activity.forget(pid)
+        self._listen_checked.pop(pid, None)
 
     def managed_by_pid(self, pid: int) -> Managed | None:
         for ident, m in self.engine.managed.items():
@@ -161,7 +173,12 @@ class Supervisor:
                 self.engine.reset_inherited(pid, parent)
             self._schedule(info.ident)
             return
-        self.engine.manage(d, inherited=parent if parent_pid is not None else None)
+        m = self.engine.manage(d, inherited=parent if parent_pid is not None else None)
+        if (m is not None and not m.active and parent is not None
+                and parent_pid is not None):
+            # Managed but not in force yet (a serving child not seen busy, a background
+            # one while nothing serves): what it inherited from its parent goes back.
+            self.engine.reset_inherited(pid, parent)
 
     def full_scan(self) -> None:
         alive: set[TaskId] = set()
@@ -193,10 +210,14 @@ class Supervisor:
         heapq.heapify(self._timers)
 
     def next_timer(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        due = [t for t in (self._timers[0][0] if self._timers else None,
+                           self._next_sample if self._watched() else None) if t is not None]
+        return min(due) if due else None
 
     def run_timers(self) -> None:
         now = self.clock()
+        if self._next_sample is None or now >= self._next_sample:
+            self.sample_activity()
         while self._timers and self._timers[0][0] <= now:
             due, _, ident = heapq.heappop(self._timers)
             if self._waiting.get(ident.pid) != (ident, due):
@@ -216,6 +237,48 @@ class Supervisor:
             else:
                 self._schedule(ident)
 
+    # --- activity ---
+
+    def _watched(self) -> list[Managed]:
+        """Managed processes whose CPU use matters: serving ones (their boost follows it)
+        and AI ones that do not serve yet (they may start to)."""
+        return [m for m in self.engine.managed.values()
+                if self._is_serving(m) or _may_start_serving(m.decision)]
+
+    def _is_serving(self, m: Managed) -> bool:
+        cls = self.rules.classes.get(m.cls)
+        return cls is not None and cls.serving
+
+    def sample_activity(self) -> None:
+        """One activity tick: read the CPU time of every watched process, apply or lift
+        boosts whose busy state changed, look again at AI processes that started working."""
+        now = self.clock()
+        self._next_sample = now + self.activity.config.interval_s
+        watched = self._watched()
+        changed = False
+        recheck: list[int] = []
+        for m in watched:
+            try:
+                user, system = self.backend.cpu_times(m.ident.pid)
+            except (ProcessGone, PermissionError, OSError):
+                continue
+            if self.activity.observe(m.ident, now, user + system):
+                changed = True
+                log.event("busy" if self.activity.busy(m.ident) else "idle",
+                          pid=m.ident.pid, name=m.name, cls=m.cls)
+            if (not self._is_serving(m) and self.activity.cpu_moved(m.ident)
+                    and now - self._listen_checked.get(m.ident.pid, -1e9) >= _LISTEN_RECHECK_S):
+                recheck.append(m.ident.pid)
+        self.activity.keep_only({m.ident for m in watched})
+        for pid in recheck:
+            self._listen_checked[pid] = now
+            self.examine(pid)  # a listening socket now makes it serving
+        if changed:
+            self.engine.update_activation()
+
+    def activity_view(self, ident: TaskId) -> ActivityView | None:
+        return self.activity.view(ident, self.clock())
+
     def reconcile(self) -> None:
         self.engine.reconcile()
 
@@ -226,6 +289,10 @@ class Supervisor:
         classified again under the new rules, everything else re-checked."""
         self.rules = rules
         self.classifier.rules = rules
+        cfg = activity_config(rules)
+        if cfg != self.activity.config:
+            self.activity.config = cfg
+            self._next_sample = None
         for ident in self.engine.set_classes(rules.classes):
             self.examine(ident.pid)
         self.full_scan()
@@ -252,7 +319,13 @@ class Supervisor:
         self.examine(pid)
         m = self.engine.managed.get(info.ident)
         if m is None:
-            raise Refused(f"process {pid} cannot be managed (it exited or changed)")
+            self.classifier.registrations.pop(info.ident, None)
+            try:
+                d = self.decide(pid)
+            except (ProcessGone, PermissionError, OSError):
+                d = None
+            why = d.excluded if d is not None and d.excluded else "it exited or changed"
+            raise Refused(f"process {pid} cannot be managed: {why}")
         log.event("registered", pid=pid, cls=cls, by_uid=uid)
         return m
 
@@ -264,3 +337,17 @@ class Supervisor:
     def resume(self) -> None:
         self.engine.resume()
         self.full_scan()
+
+
+def activity_config(rules: RuleSet) -> ActivityConfig:
+    return ActivityConfig(window_s=rules.active_window,
+                          min_cpu_percent=rules.active_cpu_percent,
+                          idle_after_s=rules.idle_after)
+
+
+def _may_start_serving(d: Decision) -> bool:
+    """Classified from AI evidence alone (a runtime or the GPU list), without a listening
+    socket yet: opening one would make it serving."""
+    matched = {s.name for s in d.matched_signals}
+    return bool(matched & {"library", "gpu"}) and not matched & {
+        "registration", "env", "rule", "listen"}

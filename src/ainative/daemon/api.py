@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
 from ainative import __version__, log
+from ainative.core.activity import ActivityView
 from ainative.core.classifier import ENV_VAR
 from ainative.core.engine import Managed
 from ainative.core.knobs import describe
+from ainative.core.plan import activity_rules, state_of
 from ainative.core.supervisor import Refused, Supervisor
 from ainative.daemon.pools import PoolRegistry, PoolReportError
 from ainative.ipc.protocol import (
@@ -57,6 +59,7 @@ class Access(enum.Enum):
 TaskView = TypedDict("TaskView", {
     "pid": int, "start_time": int, "name": str, "uid": int | None, "class": str,
     "active": bool, "signals": list[str], "applied": dict[str, str],
+    "would_apply": dict[str, str], "state": str, "activity": ActivityView | None,
     "targets": dict[str, str], "overridden": dict[str, str], "errors": dict[str, str],
     "threads": int, "cpu_time_s": float | None, "since": float,
 })
@@ -154,6 +157,7 @@ class Api:
             "mechanisms": self.host.mechanisms(),
             "gpu": self.host.gpu_view(),
             "classes": {n: c.knobs_summary() for n, c in classes.items()},
+            "activity": activity_rules(self.sup),
             "task_count": len(managed),
             "tasks": tasks,
             "tasks_truncated": max(0, len(managed) - MAX_STATUS_TASKS),
@@ -181,13 +185,11 @@ class Api:
         m = self.sup.engine.managed.get(d.ident)
         if m is not None:
             out["managed"] = self.task_view(m, peer)
-            if not m.active:
-                out["why_not_applied"] = (
-                    "paused after `ainative restore` (`ainative resume` to manage again)"
-                    if self.sup.engine.paused else
-                    f"class {m.cls} applies only while an inference process is active")
+            out["state"] = state_of(self.sup, m)
+            out["activity"] = self.sup.activity_view(m.ident)
         elif d.cls is not None:
-            out["why_not_applied"] = "decided just now; it will be applied on the next event"
+            out["state"] = "decided just now; applied on the next event"
+        out["activity_rules"] = activity_rules(self.sup)
         if self.sup.cfg.dry_run:
             out["dry_run"] = "dry run: nothing is changed, knobs show what would be applied"
         return out
@@ -198,8 +200,10 @@ class Api:
             m = self.sup.register(pid, cls, peer.uid)
         except Refused as e:
             raise RequestError(str(e)) from e
-        return {"pid": pid, "class": cls, "applied": m.applied_summary(),
-                "active": m.active, "errors": m.errors}
+        dry = self.sup.engine.dry_run
+        return {"pid": pid, "class": cls, "applied": {} if dry else m.applied_summary(),
+                "would_apply": m.applied_summary() if dry else {},
+                "state": state_of(self.sup, m), "active": m.active, "errors": m.errors}
 
     def report_pool(self, req: dict[str, Any], peer: Peer) -> Mapping[str, Any]:
         pid = int_field(req, "pid")
@@ -231,6 +235,7 @@ class Api:
     # --- views ---
 
     def task_view(self, m: Managed, peer: Peer) -> TaskView:
+        dry = self.sup.engine.dry_run
         try:
             u, s = self.sup.backend.cpu_times(m.ident.pid)
             cpu: float | None = round(u + s, 3)
@@ -245,7 +250,10 @@ class Api:
             "active": m.active,
             "signals": [HIDDEN_ENV if s.name == "env" and not _may_see_env(peer, m.decision.uid)
                         else s.detail for s in m.decision.matched_signals],
-            "applied": m.applied_summary() if m.active else {},
+            "applied": m.applied_summary() if m.active and not dry else {},
+            "would_apply": m.applied_summary() if m.active and dry else {},
+            "state": state_of(self.sup, m),
+            "activity": self.sup.activity_view(m.ident),
             "targets": {k: describe(k, v) for k, v in m.targets.items()},
             "overridden": m.overridden,
             "errors": m.errors,

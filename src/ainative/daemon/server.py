@@ -28,6 +28,7 @@ from ainative.daemon import statedir
 from ainative.daemon.api import Api, DaemonView
 from ainative.daemon.pools import PoolRegistry
 from ainative.daemon.transport import Limits, Transport, TransportError
+from ainative.gpu import nvml
 from ainative.platform import Platform, get_platform
 from ainative.platform.base import EventSource, MechanismUnavailable, TaskId
 
@@ -54,24 +55,6 @@ class DaemonConfig:
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
-
-
-def _gpu_pids_cached(ttl: float = 2.0) -> Any:
-    from ainative.gpu import nvml
-
-    cache: dict[str, Any] = {"t": -1e9, "v": set()}
-
-    def get() -> set[int]:
-        now = time.monotonic()
-        if now - cache["t"] > ttl:
-            try:
-                cache["v"] = nvml.compute_pids()
-            except Exception:
-                cache["v"] = set()
-            cache["t"] = now
-        return set(cache["v"])
-
-    return get
 
 
 class Daemon:
@@ -162,7 +145,7 @@ class Daemon:
             self.backend, self.rules, self.journal,
             SupervisorConfig(scope_pid=self.cfg.scope_pid, dry_run=self.cfg.dry_run,
                              cgroups=self.cfg.cgroups),
-            gpu_pids=_gpu_pids_cached())
+            gpu_pids=nvml.cached_compute_pids())
         rep = self.supervisor.recover()
         if rep is not None:
             # A previous run died without undoing: undone now, before anything else.

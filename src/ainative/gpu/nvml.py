@@ -7,6 +7,7 @@ nothing here raises for a missing GPU.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -142,3 +143,21 @@ def compute_pids() -> set[int]:
     """PIDs of every compute process on any GPU; empty without NVML."""
     rep = read_gpus()
     return {p.pid for g in rep.gpus for p in g.processes if p.kind == "compute"}
+
+
+def cached_compute_pids(ttl: float = 2.0) -> Callable[[], set[int]]:
+    """compute_pids() remembered for ttl seconds, and empty (never raising) when NVML
+    fails: the classifier asks for it per process, and NVML calls cost milliseconds."""
+    cache: dict[str, Any] = {"t": -1e9, "v": set()}
+
+    def get() -> set[int]:
+        now = time.monotonic()
+        if now - cache["t"] > ttl:
+            try:
+                cache["v"] = compute_pids()
+            except Exception:
+                cache["v"] = set()
+            cache["t"] = now
+        return set(cache["v"])
+
+    return get

@@ -1,19 +1,58 @@
 """Registering a pool with CUDA (cudaHostRegister) when a CUDA runtime is importable, and
 measuring host-to-device copy speed. Everything here is optional: without CUDA the pool
-works and says it is unregistered, and why."""
+works and says it is unregistered, and why.
+
+The probe leaves nothing mapped when CUDA cannot be used. The daemon takes a process
+that maps libcudart, libcuda, libtorch... for an AI runtime, so a process that only made
+a PinnedPool on a machine without a GPU must not end up mapping any of them. Hence: no
+library is loaded (and neither torch nor cupy imported) unless a GPU driver's device
+node exists, and a libcudart loaded only to find CUDA unusable is unloaded again where
+that is safe (``_unload_if_safe``). A runtime that works stays loaded: the process then
+really uses CUDA."""
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import ctypes.util
 import glob
+import importlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 CUDA_HOST_REGISTER_PORTABLE = 1
+
+# Device nodes a CUDA driver talks to a GPU through: /dev/nvidiactl, made by the NVIDIA
+# kernel driver (on the host and in containers given a GPU), and /dev/dxg, WSL2's GPU
+# paravirtualisation that WSL's libcuda uses instead. Without one, libcudart can only fail.
+NVIDIA_NODES = ("/dev/nvidiactl", "/dev/dxg")
+# torch and cupy have ROCm builds whose torch.cuda / cupy.cuda run on an AMD GPU (HIP).
+ROCM_NODES = ("/dev/kfd",)
+
+
+def _no_node(nodes: tuple[str, ...]) -> str | None:
+    """None when one of the device nodes exists; else words saying none does."""
+    if any(os.path.exists(n) for n in nodes):
+        return None
+    return f"no GPU driver's device node here ({', '.join(nodes)})"
+
+
+def _import_gpu_module(name: str) -> Any:
+    """torch or cupy: the module already imported, or imported now only where a GPU
+    driver's device node exists. Importing either maps libtorch/libcudart/... for good (a
+    Python extension cannot be unloaded), so on a machine without a GPU it is not imported
+    at all. RuntimeError saying why not; ImportError when not installed."""
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod  # already mapped by the process itself: trying it maps nothing new
+    why = _no_node(NVIDIA_NODES + ROCM_NODES)
+    if why is not None:
+        raise RuntimeError(f"not imported: {why}")
+    return importlib.import_module(name)
 
 
 @dataclass
@@ -24,8 +63,7 @@ class CudaRuntime:
 
 
 def _via_torch() -> CudaRuntime | None:
-    import torch
-
+    torch = _import_gpu_module("torch")
     if not torch.cuda.is_available():
         return None
     rt = torch.cuda.cudart()
@@ -36,8 +74,7 @@ def _via_torch() -> CudaRuntime | None:
 
 
 def _via_cupy() -> CudaRuntime | None:
-    import cupy
-
+    cupy = _import_gpu_module("cupy")
     if cupy.cuda.runtime.getDeviceCount() < 1:
         return None
     rt = cupy.cuda.runtime
@@ -66,26 +103,86 @@ def _wheel_libcudart() -> list[str]:
 def _error(lib: ctypes.CDLL, code: int) -> str:
     lib.cudaGetErrorString.restype = ctypes.c_char_p
     text = lib.cudaGetErrorString(code)
-    hint = "" if os.path.exists("/dev/nvidiactl") else "; no NVIDIA driver loaded here"
-    return f"error {code} ({text.decode() if text else 'unknown'}{hint})"
+    return f"error {code} ({text.decode() if text else 'unknown'})"
+
+
+def libcudart_candidates() -> list[str]:
+    """Where libcudart may be, in the order tried: the pip wheel's copy, then what the
+    dynamic linker finds. Names only: nothing is loaded here."""
+    candidates = [*_wheel_libcudart(), ctypes.util.find_library("cudart"), "libcudart.so",
+                  "libcudart.so.12", "libcudart.so.11.0"]
+    return [c for c in candidates if c]
+
+
+def _threads() -> set[str]:
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def _driver_mapped() -> bool:
+    """Whether a libcuda.so* (the driver library libcudart dlopens) is mapped now."""
+    try:
+        with open("/proc/self/maps", "rb") as fh:
+            maps = fh.read()
+    except OSError:
+        return True  # cannot tell: answer the way that keeps libcudart loaded
+    # address perms offset dev inode path: the path starts at the first '/'.
+    return any(os.path.basename(line[line.find(b"/"):]).startswith(b"libcuda.so")
+               for line in maps.split(b"\n") if b"/" in line)
+
+
+def _unload_if_safe(lib: ctypes.CDLL, threads_before: set[str]) -> bool:
+    """dlclose a libcudart that was loaded only to find CUDA unusable, so that it does not
+    stay mapped; True when it was closed (unmapped, unless someone else holds it too).
+
+    Unmapping a library is safe only while nothing can still call into it. A probe that
+    failed without reaching a driver leaves nothing behind that could: with cudart 13 and
+    no libcuda, watched through an LD_PRELOAD shim, cudaGetDeviceCount started no thread
+    and made no pthread key or thread-specific value (whose destructor would run at a
+    thread's exit); atexit handlers are run by dlclose itself, and glibc keeps a library
+    with pending thread_local destructors mapped. Once libcuda is in, cuInit may have
+    started threads and given the driver pointers into the runtime, and neither can be
+    withdrawn. So it is closed only when no thread appeared during the probe and no
+    libcuda is mapped; otherwise it stays, which can happen only where a GPU driver is
+    installed. ctypes opens with RTLD_LOCAL and without RTLD_NODELETE, so the last
+    dlclose unmaps (ctypes never dlcloses on its own). The caller must drop ``lib``, and
+    every function pointer taken from it, afterwards."""
+    if _threads() - threads_before or _driver_mapped():
+        return False
+    _ctypes.dlclose(lib._handle)
+    return True
 
 
 def load_libcudart() -> tuple[ctypes.CDLL, str]:
     """libcudart with at least one usable device, through ctypes (no Python binding needed).
-    ImportError when there is no libcudart; RuntimeError saying why when it cannot run."""
-    candidates = [*_wheel_libcudart(), ctypes.util.find_library("cudart"), "libcudart.so",
-                  "libcudart.so.12", "libcudart.so.11.0"]
-    for name in [c for c in candidates if c]:
+    ImportError when there is no libcudart; RuntimeError saying why when it cannot run.
+
+    Not loaded at all without an NVIDIA device node (it could only fail there), and
+    unloaded again, where that is safe, when it was loaded and cannot run: a library
+    left mapped would make the process look like a CUDA program to the daemon."""
+    no_driver = _no_node(NVIDIA_NODES)
+    if no_driver is not None:
+        raise RuntimeError(f"not loaded: {no_driver}")
+    for name in libcudart_candidates():
+        threads_before = _threads()
         try:
             lib = ctypes.CDLL(name)
         except OSError:
             continue
-        count = ctypes.c_int(0)
-        code = lib.cudaGetDeviceCount(ctypes.byref(count))
-        if code != 0:
-            raise RuntimeError(f"{name}: cudaGetDeviceCount {_error(lib, code)}")
-        if count.value < 1:
-            raise RuntimeError(f"{name}: no CUDA device")
+        try:
+            count = ctypes.c_int(0)
+            code = lib.cudaGetDeviceCount(ctypes.byref(count))
+            if code != 0:
+                raise RuntimeError(f"{name}: cudaGetDeviceCount {_error(lib, code)}")
+            if count.value < 1:
+                raise RuntimeError(f"{name}: no CUDA device")
+        except BaseException:
+            # The message is built already: nothing reads the library after this.
+            _unload_if_safe(lib, threads_before)
+            del lib
+            raise
         lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
         lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
         lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
@@ -153,8 +250,7 @@ def _timed(copy: Callable[[], None], sync: Callable[[], None], nbytes: int,
 
 
 def _h2d_torch(host: Any, repeats: int) -> float | None:
-    import torch
-
+    torch = _import_gpu_module("torch")
     if not torch.cuda.is_available():
         return None
     src = torch.from_numpy(host)
@@ -168,8 +264,7 @@ def _h2d_torch(host: Any, repeats: int) -> float | None:
 
 
 def _h2d_cupy(host: Any, repeats: int) -> float | None:
-    import cupy
-
+    cupy = _import_gpu_module("cupy")
     if cupy.cuda.runtime.getDeviceCount() < 1:
         return None
     dst = cupy.empty(host.shape, dtype=host.dtype)

@@ -39,6 +39,15 @@ class Backend(Protocol):
         """Resident memory of the process, in bytes."""
         ...
 
+    def listening_sockets(self, pid: int) -> list[str]:
+        """What the process listens on, sorted, each once: "tcp 0.0.0.0:8080",
+        "tcp [::1]:8080", "unix /run/x.sock", "unix @abstract" (TCP over IPv4 and IPv6,
+        Unix stream and seqpacket sockets, in the process's own network namespace); []
+        when none. The evidence that a process running an AI runtime serves requests
+        rather than running a batch. Cheap when it holds no socket (no table is read);
+        ProcessGone when it has exited, PermissionError when its fds may not be read."""
+        ...
+
     # --- identity that survives PID reuse ---
 
     def pin(self, ident: TaskId) -> int | None:

@@ -136,6 +136,28 @@ def run_queue_wait_ns(pid: int | str = "self") -> int:
     return sum(task_run_queue_waits(pid).values())
 
 
+_POLICIES = {os.SCHED_OTHER: "other", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
+             os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+
+
+def sched_state() -> dict[str, Any]:
+    """How the kernel schedules this process now: what a remedy should have changed."""
+    cpu_cgroup = None
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _hid, ctrls, path = line.rstrip("\n").split(":", 2)
+                if "cpu" in ctrls.split(",") or (ctrls == "" and cpu_cgroup is None):
+                    cpu_cgroup = path
+    except OSError:
+        pass
+    policy = os.sched_getscheduler(0)
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "policy": _POLICIES.get(policy, str(policy)),
+            "rt_priority": os.sched_getparam(0).sched_priority,
+            "cpu_cgroup": cpu_cgroup}
+
+
 def gpu_snapshot() -> dict[str, Any]:
     """The GPUs as NVML sees them now; without a GPU, why not. Never raises."""
     try:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ainative.stress.batch import InputSpec, synthesise
 from ainative.stress.catalog import BUILTIN
 
 
@@ -113,11 +114,10 @@ _DTYPES = {
 }
 
 
-def synthesise_inputs(session: Any, batch: int, source: str) -> dict[str, np.ndarray]:
-    """Random inputs for every declared input; the first dimension, when symbolic, is the
-    batch. Any other symbolic dimension cannot be guessed and is an error."""
-    rng = np.random.default_rng(1)
-    feeds: dict[str, np.ndarray] = {}
+def input_specs(session: Any, batch: int, source: str) -> list[InputSpec]:
+    """Every declared input with a concrete shape: the first dimension, when symbolic, is
+    the batch. Any other symbolic dimension cannot be guessed and is an error."""
+    specs: list[InputSpec] = []
     for inp in session.get_inputs():
         dtype = _DTYPES.get(inp.type)
         if dtype is None:
@@ -135,13 +135,13 @@ def synthesise_inputs(session: Any, batch: int, source: str) -> dict[str, np.nda
                     f"{source}: input {inp.name!r} has a dynamic dimension {d!r} at axis {i} "
                     f"(shape {inp.shape}); only the first (batch) axis can be filled. Export "
                     "the model with fixed shapes for the other axes.")
-        if dtype == np.bool_:
-            feeds[inp.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        elif np.issubdtype(dtype, np.integer):
-            feeds[inp.name] = rng.integers(0, 8, shape).astype(dtype)
-        else:
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
+        specs.append(InputSpec(name=inp.name, dtype=np.dtype(dtype).name, shape=shape))
+    return specs
+
+
+def synthesise_inputs(session: Any, batch: int, source: str) -> dict[str, np.ndarray]:
+    """Random inputs for every declared input (see input_specs and batch.synthesise)."""
+    return synthesise(input_specs(session, batch, source))
 
 
 def open_session(path: str, threads: int, device: str) -> Any:

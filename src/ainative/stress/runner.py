@@ -1,194 +1,261 @@
-"""One stress workload: load the model, warm up, run the open loop, measure.
+"""One stress workload as a user would run it: a model server (server.py) and the load
+client that drives it (client.py), two processes.
 
-Used in-process by ``ainative stress`` and as a child process (``python -m
-ainative.stress.runner``) by ``--compare``, so that nice, chrt or the daemon act on the
-workload alone.
+Two, because that is what a real service looks like, and what ainative has to find on
+its own: the process holding the model and a listening socket and using CPU is the one to
+protect; the load generator is an ordinary client, never mistaken for it. A remedy given
+as a command prefix (``nice -n -10``, ``chrt -f 10``) starts both, as a user would start
+a whole service under it.
+
+Workload starts the pair and runs their handshake, one line at a time on stdout/stdin:
+
+    server -> us   ready {json}      listening and warmed up (or: error MESSAGE)
+    client -> us   ready             connected and warmed up (started only then)
+    us -> client   go                the measurement begins
+    client -> us   tick {json}       progress, when asked for
+    (client exits, its result file written; the server's stdin is closed to stop it)
+
+Used by ``ainative stress`` itself (run_workload) and by each ``--compare`` scenario's
+leader (leader.py). The server and client get process groups of their own, so a Ctrl-C
+on the terminal reaches them only through us, once, and they die with whoever started
+them.
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
 import json
-import math
 import os
+import selectors
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from types import FrameType
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from types import TracebackType
 from typing import Any
 
-import numpy as np
-
-from ainative.stress import models
-from ainative.stress.loadgen import LoadConfig, OpenLoop, Progress
-from ainative.stress.metrics import ResourceSampler, distribution, gpu_snapshot
-from ainative.stress.results import write_result
+from ainative.stress.config import WorkloadConfig
+from ainative.stress.loadgen import Progress
 
 
-@dataclass
-class WorkloadConfig:
-    model_path: str
-    model_name: str
-    rate: float = 1000.0
-    duration: float = 30.0
-    batch: int = 8
-    threads: int = 1
-    device: str = "cpu"
-    workers: int = 0  # 0: decide from the measured service time
-    warmup_s: float = 1.0
-    late_threshold_s: float = 0.001
-    max_queue_s: float = 1.0
-    pool: str | None = None  # stage every request's inputs in a pinned pool of this size
+class WorkloadError(Exception):
+    """The workload could not run; the message says why in one line."""
 
 
-def choose_workers(service_s: float, rate: float, threads: int) -> int:
-    """Enough workers that each is busy at most ~70 % of the time, within the CPUs."""
-    need = math.ceil(service_s * rate / 0.7)
-    cpus = len(os.sched_getaffinity(0))
-    return max(1, min(need, max(1, cpus // max(1, threads)), 64))
+class NotReady(WorkloadError):
+    """A process exited or timed out before its ready line."""
 
 
-_POLICIES = {os.SCHED_OTHER: "other", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
-             os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+def _die_with_parent() -> None:
+    # A server or client must not outlive a run that was killed outright.
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def sched_state() -> dict[str, Any]:
-    """How the kernel schedules this process now: what a remedy should have changed."""
-    cpu_cgroup = None
+def wait_line(proc: subprocess.Popen[str], want: str, timeout: float) -> str:
+    """The rest of the first line from proc's stdout that starts with want. A line
+    ``error MESSAGE`` is raised as WorkloadError(MESSAGE); an exit or a timeout first, as
+    NotReady."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
     try:
-        with open("/proc/self/cgroup") as fh:
-            for line in fh:
-                _hid, ctrls, path = line.rstrip("\n").split(":", 2)
-                if "cpu" in ctrls.split(",") or (ctrls == "" and cpu_cgroup is None):
-                    cpu_cgroup = path
-    except OSError:
-        pass
-    policy = os.sched_getscheduler(0)
-    return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
-            "policy": _POLICIES.get(policy, str(policy)),
-            "rt_priority": os.sched_getparam(0).sched_priority,
-            "cpu_cgroup": cpu_cgroup}
-
-
-def _open_pool(size: str) -> Any:
-    from ainative.mem import MemlockError, PinnedPool
-
-    try:
-        # "try": an unlocked pool that says so beats no run at all; the stats show which.
-        return PinnedPool(size, lock="try", name="stress")
-    except (MemlockError, ValueError, OSError) as e:
-        raise models.ModelError(f"--pool {size}: {e}") from e
-
-
-def _staged(session: Any, feeds: dict[str, np.ndarray], pool: Any) -> Callable[[], object]:
-    """A request that copies its inputs into pinned buffers first, as a server receiving
-    them would, and gives the buffers back after."""
-
-    def infer() -> object:
-        bufs = []
-        staged: dict[str, np.ndarray] = {}
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.2):
+                if proc.poll() is not None:
+                    break
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(want):
+                return line[len(want):].strip()
+            if line.startswith("error "):
+                raise WorkloadError(line[len("error "):].strip())
+    finally:
+        sel.close()
+    code = proc.poll()
+    if code is None and time.monotonic() < deadline:  # its stdout closed: it is exiting
         try:
-            for k, v in feeds.items():
-                bufs.append(pool.alloc(v.nbytes))
-                staged[k] = bufs[-1].array(v.dtype, v.shape)
-                staged[k][...] = v
-            return session.run(None, staged)
-        finally:
-            staged.clear()  # the views must die before free() takes the buffers back
-            for b in bufs:
-                b.free()
+            code = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+    raise NotReady(f"did not get ready within {timeout:.0f} s" if code is None
+                   else f"exited with code {code} before it was ready")
 
-    return infer
+
+def last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-400:] if lines else ""
+
+
+def error_in(path: str) -> str | None:
+    """The error a result file holds, if it holds one."""
+    try:
+        with open(path) as fh:
+            err = json.load(fh).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(err) if err else None
+
+
+class Workload:
+    def __init__(self, cfg: WorkloadConfig, workdir: str, prefix: Sequence[str] = (),
+                 ticks_s: float | None = None) -> None:
+        self.cfg = cfg
+        self.prefix = list(prefix)
+        self.ticks_s = ticks_s
+        # The socket lives in a private directory (mode 0700) of its own under /tmp: a
+        # short path (sockaddr_un holds 108 bytes) that nobody else can connect to.
+        self.sockdir = tempfile.mkdtemp(prefix="ainative-serve-", dir="/tmp")
+        self.socket = os.path.join(self.sockdir, "model.sock")
+        self.result_path = os.path.join(workdir, "client.json")
+        self.server_log = os.path.join(workdir, "server.err")
+        self.client_log = os.path.join(workdir, "client.err")
+        self.server: subprocess.Popen[str] | None = None
+        self.client: subprocess.Popen[str] | None = None
+        self._interrupted = False
+
+    @property
+    def server_pid(self) -> int:
+        assert self.server is not None, "not started"
+        return self.server.pid
+
+    @property
+    def client_pid(self) -> int:
+        assert self.client is not None, "not started"
+        return self.client.pid
+
+    def _spawn(self, module: str, args: list[str], log: str) -> subprocess.Popen[str]:
+        with open(log, "w") as err:
+            return subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", module,
+                 "--config", json.dumps(asdict(self.cfg)), *args],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                process_group=0, preexec_fn=_die_with_parent)
+
+    def spawn_server(self) -> None:
+        """Start the model server; it loads, listens and warms up while the caller goes
+        on (see wait_ready)."""
+        self.server = self._spawn("ainative.stress.server", ["--socket", self.socket],
+                                  self.server_log)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the server is warmed up, then the client started and warmed up."""
+        if self.server is None:
+            self.spawn_server()
+        assert self.server is not None
+        try:
+            wait_line(self.server, "ready", timeout)
+        except NotReady as e:
+            raise WorkloadError(f"the model server {e}: {last_line(self.server_log)}"
+                                ) from None
+        ticks = ["--ticks", str(self.ticks_s)] if self.ticks_s else []
+        self.client = self._spawn("ainative.stress.client", [
+            "--socket", self.socket, "--result", self.result_path, *ticks], self.client_log)
+        try:
+            wait_line(self.client, "ready", timeout)
+        except NotReady as e:
+            try:
+                self.client.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.client.kill()
+                self.client.wait()
+            # Its reason (a server that failed a request) is in its result; a crash, on
+            # stderr.
+            raise WorkloadError(error_in(self.result_path) or
+                                f"the load client {e}: {last_line(self.client_log)}"
+                                ) from None
+
+    def go(self) -> None:
+        assert self.client is not None and self.client.stdin is not None
+        self.client.stdin.write("go\n")
+        self.client.stdin.flush()
+
+    def interrupt(self) -> None:
+        """End the measurement early (once); the result still comes."""
+        if self.client is not None and self.client.poll() is None and not self._interrupted:
+            self._interrupted = True
+            self.client.send_signal(signal.SIGINT)
+
+    def wait(self, on_tick: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+        """Until the client has finished; its result (an error in it, if it failed). Ctrl-C
+        here ends the measurement early rather than abandoning it."""
+        assert self.client is not None and self.client.stdout is not None
+        while True:
+            try:
+                line = self.client.stdout.readline()
+                if not line:
+                    break
+                if on_tick is not None and line.startswith("tick "):
+                    on_tick(Progress(**json.loads(line[len("tick "):])))
+            except KeyboardInterrupt:
+                self.interrupt()
+        while True:
+            try:
+                self.client.wait()
+                break
+            except KeyboardInterrupt:
+                self.interrupt()
+        self._stop_server()
+        if not os.path.exists(self.result_path):
+            return {"error": f"the load client wrote no result (exit code "
+                             f"{self.client.returncode}): {last_line(self.client_log)}"}
+        with open(self.result_path) as fh:
+            out: dict[str, Any] = json.load(fh)
+        return out
+
+    def _stop_server(self) -> None:
+        if self.server is None or self.server.poll() is not None:
+            return
+        try:
+            if self.server.stdin is not None:
+                self.server.stdin.close()  # EOF: the server stops serving and exits
+            self.server.wait(timeout=10)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self.server.kill()
+            self.server.wait()
+
+    def close(self) -> None:
+        for p in (self.client, self.server):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def __enter__(self) -> Workload:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 def run_workload(cfg: WorkloadConfig, on_tick: Callable[[Progress], None] | None = None,
-                 tick_s: float = 1.0, before_start: Callable[[], None] | None = None
-                 ) -> dict[str, Any]:
-    session = models.open_session(cfg.model_path, cfg.threads, cfg.device)
-    feeds = models.synthesise_inputs(session, cfg.batch, cfg.model_name)
-    pool = _open_pool(cfg.pool) if cfg.pool else None
-
-    def plain() -> object:
-        return session.run(None, feeds)
-
-    infer = plain if pool is None else _staged(session, feeds, pool)
+                 tick_s: float = 1.0, before_start: Callable[[], None] | None = None,
+                 workdir: str | None = None) -> dict[str, Any]:
+    """One whole run: start the pair, warm up, call before_start, measure, and return the
+    result (results.py); WorkloadError when it could not run."""
+    tmp = workdir or tempfile.mkdtemp(prefix="ainative-run-")
     try:
-        # Warm-up: first runs allocate and pick kernels; also measures the service time.
-        t_end = time.monotonic() + cfg.warmup_s
-        n, t0 = 0, time.perf_counter()
-        while time.monotonic() < t_end or n < 5:
-            infer()
-            n += 1
-        service = (time.perf_counter() - t0) / n
-        workers = cfg.workers or choose_workers(service, cfg.rate, cfg.threads)
-        gpu = gpu_snapshot()  # before the clock starts: a first NVML probe is slow
-        if before_start is not None:
-            before_start()
-        sched = sched_state()  # after the go: a daemon has acted on us by then
-        # Everything allocated so far lives for the whole run: moving it out of the cyclic
-        # collector's reach keeps full collections (pauses of milliseconds) off the hot path.
-        gc.collect()
-        gc.freeze()
-        loop = OpenLoop(LoadConfig(cfg.rate, cfg.duration, workers, cfg.late_threshold_s,
-                                   cfg.max_queue_s), infer)
-        sample_gpu = cfg.device == "cuda" and gpu["available"]
-        with ResourceSampler(gpu_every=5 if sample_gpu else 0) as sampler:
-            res = loop.run(on_tick, tick_s)
-        out = res.to_json()
-        resources = sampler.result()
-        # Threads alive at the end (main, ONNX Runtime's pool) plus the ended load workers.
-        resources["run_queue_wait_s"] = round(resources["run_queue_wait_s"]
-                                              + res.run_queue_wait_s, 4)
-        out.update({
-            "config": asdict(cfg),
-            "workers": workers,
-            "service_time_ms": round(service * 1000, 4),
-            "resources": resources,
-            "distribution": distribution(res.histogram),
-            "gpu": dict(gpu, during_run=sampler.gpu_result()) if sample_gpu else gpu,
-            "pool": pool.stats() if pool is not None else None,
-            "sched": sched,
-            "pid": os.getpid(),
-        })
-        return out
+        with Workload(cfg, tmp, ticks_s=tick_s if on_tick is not None else None) as w:
+            w.wait_ready()
+            if before_start is not None:
+                before_start()
+            w.go()
+            out = w.wait(on_tick)
     finally:
-        if pool is not None:
-            pool.close()
-
-
-def _interrupt_once(signum: int, frame: FrameType | None) -> None:
-    # The first Ctrl-C ends the run (the loop still writes its result); more of them,
-    # e.g. one from the terminal and one forwarded by the leader, must not cut that short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Child-process entry: prints 'ready' after warm-up, waits for 'go' on stdin, runs,
-    writes the result JSON to --result."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--result", required=True)
-    args = ap.parse_args(argv)
-    cfg = WorkloadConfig(**json.loads(args.config))
-    signal.signal(signal.SIGINT, _interrupt_once)
-
-    def wait_go() -> None:
-        print("ready", flush=True)
-        if sys.stdin.readline().strip() != "go":
-            raise SystemExit(3)  # the caller gave up on this scenario
-
-    try:
-        out = run_workload(cfg, before_start=wait_go)
-    except models.ModelError as e:
-        out = {"error": str(e)}
-    except KeyboardInterrupt:
-        out = {"error": "interrupted before the measurement began"}
-    return write_result(args.result, out)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if "error" in out:
+        raise WorkloadError(out["error"])
+    return out

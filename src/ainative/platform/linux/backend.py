@@ -95,6 +95,9 @@ class LinuxBackend:
     def rss_bytes(self, pid: int) -> int:
         return procfs.rss_bytes(pid)
 
+    def listening_sockets(self, pid: int) -> list[str]:
+        return procfs.listening_sockets(pid)
+
     # --- identity that survives PID reuse ---
 
     def pin(self, ident: TaskId) -> int | None:

@@ -1,10 +1,11 @@
 """Reading processes from /proc: identity, names, credentials, cgroups, threads,
-mapped libraries, the opt-in environment variable, scheduler statistics and the
-namespaces the daemon itself runs in.
+mapped libraries, the opt-in environment variable, scheduler statistics, the sockets a
+process listens on and the namespaces the daemon itself runs in.
 
 This is the one place that parses /proc files (stat, status, cgroup, maps, environ,
-schedstat, statm, uid_map): each has a pure ``parse_*`` function (text in, values out,
-testable without a process) and a reader on top. Every reader raises ProcessGone when
+schedstat, statm, uid_map, net/tcp, net/tcp6, net/unix, fd links): each has a pure
+``parse_*`` function (text in, values out, testable without a process) and a reader on
+top. Every reader raises ProcessGone when
 the process has exited, and PermissionError only where the kernel refuses (another
 user's environ without root, say). Everything read here comes from outside the daemon
 and may be written by an unprivileged user (comm, cmdline, environ): parsers bound what
@@ -20,6 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -397,3 +400,177 @@ def is_descendant(pid: int, ancestor: int) -> bool:
             return True
         seen += 1
     return False
+
+
+# --- /proc/PID/net/tcp, tcp6, unix and /proc/PID/fd: the sockets a process listens on ---
+
+_TCP_LISTEN = "0A"  # TCP_LISTEN, as the st column spells it (include/net/tcp_states.h)
+_SO_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in net/unix's Flags: the socket is listening
+_SOCK_STREAM, _SOCK_SEQPACKET = 1, 5
+# A table is read up to this many bytes. /proc/PID/net/* lists the whole network
+# namespace (every socket of every process in it), and the daemon reads it a few times a
+# second for each busy AI process: one 1 MiB read holds ~7,000 tcp lines or ~10,000 unix
+# lines, far more listening sockets than a machine has, while a namespace with a million
+# sockets cannot make a read cost seconds. Past the limit the answer may miss a socket.
+_NET_TABLE_LIMIT = 1 << 20
+# TCP tables list every listening socket before any other (tcp_seq_start walks the
+# listening hash, then the established one), so the read stops at the first chunk that
+# reaches another socket: the connections of a busy server are never even formatted.
+_TCP_CHUNK = 1 << 16
+# fds examined per process: /proc/PID/fd lists them in ascending order and a server opens
+# its listening sockets early, so a process with a huge number of connections costs at
+# most this many readlinks.
+_MAX_FDS = 1 << 14
+
+
+def _tcp_address(field: str) -> str:
+    """"0100007F:1F90" -> "127.0.0.1:8080"; 32 hex digits -> "[::1]:8080". The kernel
+    prints each 32-bit word of the (network-order) address as a host-order integer, so
+    each word is packed back in this machine's byte order."""
+    host, sep, port = field.partition(":")
+    if not sep or len(host) not in (8, 32) or len(port) != 4:
+        raise ValueError(f"bad address {field!r}")
+    raw = struct.pack(f"={len(host) // 8}I",
+                      *(int(host[i: i + 8], 16) for i in range(0, len(host), 8)))
+    if len(raw) == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, raw)}:{int(port, 16)}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, raw)}]:{int(port, 16)}"
+
+
+def parse_net_tcp(text: str) -> list[tuple[int, str]]:
+    """(inode, "address:port") of each listening socket in /proc/PID/net/tcp or tcp6
+    text (state 0A), in table order. The header and malformed or cut-off lines (a bounded
+    read can end mid-line) are skipped."""
+    out: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+        f = line.split()
+        if len(f) < 10 or f[3] != _TCP_LISTEN:
+            continue
+        try:
+            out.append((int(f[9]), _tcp_address(f[1])))
+        except ValueError:
+            continue
+    return out
+
+
+def parse_net_unix(text: str) -> list[tuple[int, str]]:
+    """(inode, name) of each listening stream or seqpacket socket in /proc/PID/net/unix
+    text: its Flags hold __SO_ACCEPTCON. The name is the bound path, "@name" for an
+    abstract one (the kernel writes it so, each NUL in it as '@'), or "" for an unnamed
+    socket, whose line has no Path column."""
+    out: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        # Num: RefCount Protocol Flags Type St Inode [Path] -- a path may hold spaces.
+        f = line.split(None, 7)
+        if len(f) < 7 or not f[0].endswith(":"):
+            continue  # the header, or a cut-off line
+        try:
+            flags, kind, inode = int(f[3], 16), int(f[4], 16), int(f[6])
+        except ValueError:
+            continue
+        if flags & _SO_ACCEPTCON and kind in (_SOCK_STREAM, _SOCK_SEQPACKET):
+            out.append((inode, f[7].rstrip("\n") if len(f) > 7 else ""))
+    return out
+
+
+def parse_socket_link(link: str) -> int | None:
+    """The inode in a /proc/PID/fd link "socket:[12345]"; None for any other file."""
+    if not (link.startswith("socket:[") and link.endswith("]")):
+        return None
+    try:
+        return int(link[len("socket:["): -1])
+    except ValueError:
+        return None
+
+
+def socket_inodes(pid: int, max_fds: int = _MAX_FDS) -> set[int]:
+    """Inodes of the sockets the process holds open (from its first max_fds fds).
+    Reading another user's /proc/PID/fd needs ptrace access: PermissionError without."""
+    fd_dir = _path(pid, None, "fd")
+    try:
+        names = os.listdir(fd_dir)
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(f"process {pid} has exited") from e
+    out: set[int] = set()
+    for name in sorted(names, key=lambda n: int(n) if n.isdigit() else 0)[:max_fds]:
+        try:
+            link = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue  # closed since the listing
+        inode = parse_socket_link(link)
+        if inode is not None:
+            out.add(inode)
+    return out
+
+
+def _last_line_state(data: bytes) -> bytes | None:
+    """The st column of the last whole line after the header, None if there is none."""
+    end = data.rfind(b"\n")
+    start = data.rfind(b"\n", 0, end) + 1 if end > 0 else 0
+    if start == 0:
+        return None  # at most the header so far
+    f = data[start:end].split()
+    return f[3] if len(f) > 3 else None
+
+
+def _read_tcp_table(path: str, pid: int, limit: int) -> bytes:
+    # In chunks, stopping once the last whole line read is neither a listener nor a
+    # request socket (which kernels before 4.4 list right after their listener): every
+    # listener has been read by then (see _TCP_CHUNK).
+    data = b""
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while len(data) < limit:
+                chunk = fh.read(min(_TCP_CHUNK, limit - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+                if _last_line_state(data) not in (None, b"0A", b"03"):
+                    break
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProcessGone(f"process {pid} has exited") from e
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise ProcessGone(f"process {pid} has exited") from e
+        raise
+    return data
+
+
+def _read_net_table(pid: int, name: str, limit: int = _NET_TABLE_LIMIT) -> str:
+    """/proc/PID/net/NAME: the tables of the process's own network namespace (/proc/net
+    is the reader's). "" when the kernel lacks that protocol (tcp6 after ipv6.disable=1)
+    while the process is still there."""
+    path = _path(pid, None, f"net/{name}")
+    try:
+        if name.startswith("tcp"):
+            raw = _read_tcp_table(path, pid, limit)
+        else:
+            raw = _read(path, pid, limit)
+    except ProcessGone:
+        if os.path.exists(_path(pid, None, "stat")):
+            return ""
+        raise
+    return raw.decode(errors="replace")
+
+
+def listening_sockets(pid: int) -> list[str]:
+    """What the process listens on, sorted and without repeats: "tcp 0.0.0.0:8080",
+    "tcp [::1]:8080", "unix /run/x.sock", "unix @abstract", "unix (unnamed)".
+
+    A socket counts when the process holds an fd of it (an inherited listener included),
+    matched by inode against the listening entries of the tables of its network
+    namespace. A process holding no socket costs one listing of /proc/PID/fd and the
+    readlinks, and no table is read. ProcessGone when the process has exited,
+    PermissionError when its fds may not be read."""
+    inodes = socket_inodes(pid)
+    found: set[str] = set()
+    for table, kind, parse in (("tcp", "tcp", parse_net_tcp), ("tcp6", "tcp", parse_net_tcp),
+                               ("unix", "unix", parse_net_unix)):
+        if not inodes:
+            break  # every socket it holds is accounted for: the other tables cannot add
+        for inode, address in parse(_read_net_table(pid, table)):
+            if inode in inodes:
+                inodes.discard(inode)
+                found.add(f"{kind} {address or '(unnamed)'}")
+    return sorted(found)

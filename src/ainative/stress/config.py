@@ -1,0 +1,32 @@
+"""What one stress workload is asked to do, shared by the model server, the load client
+and whoever starts them. Plain data and arithmetic only: the client imports this and must
+never load an AI runtime (it would be mistaken for the model server)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class WorkloadConfig:
+    model_path: str
+    model_name: str
+    rate: float = 1000.0
+    duration: float = 30.0
+    batch: int = 8
+    threads: int = 1
+    device: str = "cpu"
+    workers: int = 0  # 0: decide from the measured service time
+    warmup_s: float = 1.0
+    late_threshold_s: float = 0.001
+    max_queue_s: float = 1.0
+    pool: str | None = None  # stage every request's inputs in a pinned pool of this size
+
+
+def choose_workers(service_s: float, rate: float, threads: int) -> int:
+    """Enough workers that each is busy at most ~70 % of the time, within the CPUs."""
+    need = math.ceil(service_s * rate / 0.7)
+    cpus = len(os.sched_getaffinity(0))
+    return max(1, min(need, max(1, cpus // max(1, threads)), 64))
