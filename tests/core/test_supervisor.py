@@ -356,3 +356,16 @@ def test_opted_out_process_is_never_touched(tmp_path: Path, fb: FakeBackend) -> 
     assert [w for w in fb.writes if w[0] == p.pid] == []
     with pytest.raises(Refused, match="opted out"):
         sup.register(p.pid, "inference", 0)
+
+
+def test_a_fork_child_classified_batch_gets_what_it_inherited_back(
+        tmp_path: Path, fb: FakeBackend) -> None:
+    parent = server(fb)
+    sup = serving(tmp_path, fb, parent)
+    # A worker forked without the listening socket: an AI process, not serving.
+    child = fb.spawn("worker", ppid=parent.pid, maps=[ORT])
+    assert fb.value(child.pid, "nice") == -10  # inherited
+    sup.on_event(ProcEvent("fork", child.pid, child.pid, parent_pid=parent.pid))
+    m = sup.managed_by_pid(child.pid)
+    assert m is not None and m.cls == "batch"
+    assert fb.value(child.pid, "nice") == 0 and fb.value(child.pid, "cgroup") == ROOT_CG

@@ -92,7 +92,8 @@ THREADED_CHILD = textwrap.dedent("""
             print("more", flush=True)
 """)
 
-ONNX_CHILD = textwrap.dedent("""
+# A process that imported ONNX Runtime, ran one inference and now sleeps: a notebook.
+ONNX_IDLE_CHILD = textwrap.dedent("""
     import sys, numpy as np, onnxruntime as ort
     from onnx import helper, TensorProto
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
@@ -105,6 +106,63 @@ ONNX_CHILD = textwrap.dedent("""
     print("ready", flush=True)
     sys.stdin.read()
 """)
+
+# A model server: ONNX Runtime behind a Unix socket (abstract name, so a killed child
+# leaves no file), one thread per connection, one inference per request line. Its argv:
+# "listen" (listen at once) or "later" (listen when stdin says "listen"), then "busy"
+# (also run inference continuously, as a server under steady load would) or "idle".
+# On stdin, "fork" forks a child that execs sleep and prints its pid.
+SERVING_CHILD = textwrap.dedent("""
+    import os, socket, sys, threading, time, numpy as np, onnxruntime as ort
+    from onnx import helper, TensorProto, numpy_helper
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                           helper.make_node("Relu", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 256])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions(); so.intra_op_num_threads = 2
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((16, 256)).astype(np.float32)
+    s.run(None, {"x": x})
+    name = "\\0ainative-test-serve-%d" % os.getpid()
+    def handle(c):
+        f = c.makefile("rwb")
+        for line in f:
+            s.run(None, {"x": x}); f.write(b"ok\\n"); f.flush()
+    def serve():
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(name); ls.listen(16)
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+    def busy():
+        while True:
+            s.run(None, {"x": x}); time.sleep(0.002)
+    args = sys.argv[1:] or ["listen", "busy"]
+    if args[0] == "listen":
+        threading.Thread(target=serve, daemon=True).start()
+    if args[1] == "busy":
+        threading.Thread(target=busy, daemon=True).start()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "listen":
+            threading.Thread(target=serve, daemon=True).start()
+            print("listening", flush=True)
+        elif line.strip() == "fork":  # a child that execs an unrelated program
+            pid = os.fork()
+            if pid == 0:
+                os.execvp("sleep", ["sleep", "30"])
+            print(pid, flush=True)
+""")
+# With no arguments: a busy model server, listening from the start (serving, boosted).
+ONNX_CHILD = SERVING_CHILD
+
+
+def serving_socket(pid: int) -> str:
+    """The abstract socket name SERVING_CHILD of pid listens on."""
+    return f"\0ainative-test-serve-{pid}"
 
 
 @dataclass
@@ -191,14 +249,33 @@ class DaemonProc:
         return self.proc.wait(20)
 
 
+# Most end-to-end tests are about applying, following and undoing knobs, not about when:
+# their daemon applies every class whether or not a serving process is busy (settings an
+# operator may choose too). Activity and the defaults are tested with rules_text="".
+ALWAYS_ON_RULES = """
+[classes.inference]
+serving = false
+[classes.training]
+only_while_serving_active = false
+[classes.background]
+only_while_serving_active = false
+"""
+
+
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
     started: list[ScopedDaemon] = []
 
     def start(*extra: str, scope: int | None = None, state: str = "state",
               rules_text: str | None = None, wait: bool = True,
-              sock: str | None = None) -> DaemonProc:
+              sock: str | None = None, always_on: bool = True) -> DaemonProc:
+        """always_on: ALWAYS_ON_RULES go on top of the built-in rules and rules_text;
+        tests of activity and of the defaults turn it off."""
         n = len(started)
+        if always_on:
+            extra_rules = tmp_path / f"always-on{n}.toml"
+            extra_rules.write_text(ALWAYS_ON_RULES)
+            extra = ("--rules", str(extra_rules), *extra)
         cg_root = f"ainative-test-{os.getpid()}"
         sd = ScopedDaemon(str(tmp_path), scope_pid=scope or os.getpid(), cgroup_root=cg_root,
                           rules_text=rules_text, rules_file=str(tmp_path / f"rules{n}.toml"),

@@ -103,7 +103,7 @@ def test_plain_python_and_maild_are_not_classified(
     ex = d.client.explain(maild.pid)
     assert ex["class"] is None and ex["name"] == "maild"
     assert {s["signal"] for s in ex["signals"]} == {"registration", "env", "rule", "library",
-                                                     "gpu"}
+                                                     "gpu", "listen"}
     assert (snapshot(plain.pid), snapshot(maild.pid)) == before
 
 
@@ -343,7 +343,7 @@ def test_background_is_demoted_only_while_inference_runs(
     exe = tmp_path / "stress-ng"
     exe.symlink_to(sys.executable)
     hog = children.spawn([str(exe), "-c", THREADED_CHILD, "1"])
-    d = start_daemon()
+    d = start_daemon(always_on=False)
     d.wait_task(hog.pid, cls="background", active=False)
     assert nice_of(hog.pid, hog.pid) == 0
     inf = children.python(ONNX_CHILD)

@@ -173,7 +173,7 @@ class = "background"
 
 def test_crafted_cmdline_against_nested_quantifier_keeps_status_fast(
         children: Children, start_daemon: Callable[..., DaemonProc]) -> None:
-    d = start_daemon(rules_text=NESTED_RULES)
+    d = start_daemon(rules_text=NESTED_RULES, always_on=False)
     c = Client(d.sock, timeout=5)
     c.status()  # warm: imports and first-call costs are not what is measured
     crafted = children.spawn([*SLEEPER, "a" * 40_000 + "!"], wait_ready=False)
@@ -198,20 +198,11 @@ def test_crafted_cmdline_against_nested_quantifier_keeps_status_fast(
 
 # --- 3. A managed process's child that execs an unmanaged program ---
 
-ONNX_FORKER = ONNX_CHILD.replace("sys.stdin.read()\n", textwrap.dedent("""
-    import os
-    for line in sys.stdin:
-        if line.strip() == "fork":
-            pid = os.fork()
-            if pid == 0:
-                os.execvp("sleep", ["sleep", "30"])
-            print(pid, flush=True)
-"""))
+ONNX_FORKER = ONNX_CHILD  # its stdin takes "fork" (see daemon_helpers)
 
 
 def test_child_of_managed_process_execing_unmanaged_program_is_put_back(
         children: Children, start_daemon: Callable[..., DaemonProc]) -> None:
-    assert ONNX_FORKER != ONNX_CHILD
     child = children.python(ONNX_FORKER)
     original = cgroups_of(child.pid)
     d = start_daemon()
@@ -271,7 +262,7 @@ def test_kill9_after_everything_was_lifted_leaves_idle_group_that_restart_reuses
     group as the crash left it, cpu.idle=1, and must set it up without EINVAL."""
     bg = children.python(THREADED_CHILD, "1", env={"AINATIVE_CLASS": "background"})
     inf = children.python(ONNX_CHILD)
-    d = start_daemon()
+    d = start_daemon(always_on=False)
     d.wait_task(bg.pid, cls="background", active=True)
     inf.kill()
     inf.wait()
@@ -282,7 +273,7 @@ def test_kill9_after_everything_was_lifted_leaves_idle_group_that_restart_reuses
             if (g / "cpu.idle").exists()]
     assert idle and all(p.read_text().strip() == "1" for p in idle), "no crash-left idle group"
     inf2 = children.python(ONNX_CHILD)
-    d2 = start_daemon()
+    d2 = start_daemon(always_on=False)
     d2.wait_task(inf2.pid, cls="inference")
     d2.wait_task(bg.pid, cls="background", active=True)
     assert wait_until(lambda: f"/{d2.cgroup_root}.background" in cgroups_of(bg.pid).values())

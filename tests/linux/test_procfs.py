@@ -393,7 +393,7 @@ def test_a_process_without_sockets_reads_no_table(monkeypatch: pytest.MonkeyPatc
     q, _ = start("import socket, sys; pair = socket.socketpair(); print('ok', flush=True); "
                  "sys.stdin.readline()")
     try:
-        assert procfs.listening_sockets(q.pid) == [] and read == ["tcp", "tcp6", "unix"]
+        assert procfs.listening_sockets(q.pid) == [] and read[-1] == "unix"
     finally:
         stop(q)
 
@@ -413,6 +413,37 @@ def test_a_tcp_table_is_read_only_as_far_as_its_listeners(tmp_path: Path) -> Non
     got = procfs._read_tcp_table(str(table), 1, 1 << 20)
     assert len(procfs.parse_net_tcp(got.decode())) == 1000 and len(got) < 3 * (1 << 16)
     assert len(procfs._read_tcp_table(str(table), 1, 1000)) == 1000
+
+
+def test_sockstat_counts_and_tables_with_no_socket_in_use_are_skipped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert procfs.parse_sockstat("sockets: used 15\nTCP: inuse 1 orphan 0 tw 2 alloc 1 mem 3\n"
+                                 "UDP: inuse 0 mem 0\nFRAG: inuse x\n") == {"TCP": 1, "UDP": 0}
+    assert procfs.parse_sockstat("TCP6: inuse 0\nUDP6: inuse 0\n")["TCP6"] == 0
+    tables = {"tcp": TCP, "tcp6": TCP6, "unix": UNIX, "sockstat": "TCP: inuse 2\n",
+              "sockstat6": "TCP6: inuse 3\n"}
+    read: list[str] = []
+
+    def fake(pid: int, name: str, limit: int = 1 << 20) -> str:
+        read.append(name)
+        return tables[name]
+
+    monkeypatch.setattr(procfs, "_read_net_table", fake)
+    monkeypatch.setattr(procfs, "socket_inodes", lambda pid: {112, 212, 312, 999})
+    want = ["tcp 127.0.0.1:5432", "tcp [::1]:8080", "unix @abs@name"]
+    if sys.byteorder == "little":
+        assert procfs.listening_sockets(1) == want
+    assert read == ["sockstat", "tcp", "sockstat6", "tcp6", "unix"]
+    read.clear()
+    tables["sockstat6"] = "TCP6: inuse 0\n"  # no IPv6 TCP socket in the namespace
+    if sys.byteorder == "little":
+        assert procfs.listening_sockets(1) == [w for w in want if "::" not in w]
+    assert read == ["sockstat", "tcp", "sockstat6", "unix"]
+    # Once every socket it holds is found, the remaining tables are not read.
+    monkeypatch.setattr(procfs, "socket_inodes", lambda pid: {112})
+    read.clear()
+    procfs.listening_sockets(1)
+    assert read == ["sockstat", "tcp"]
 
 
 def test_listening_sockets_of_an_exited_process_raise_process_gone() -> None:

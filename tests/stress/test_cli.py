@@ -62,19 +62,27 @@ def _no_stress_cgroups_left(before: set[Path]) -> None:
 def test_short_compare_writes_report_with_the_scenarios_that_ran(tmp_path: Path) -> None:
     before = _stress_cgroups()
     r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
-                        "300", "--duration", "2s", "--scenarios", "alone,contended,cgroup",
-                        "--contention", "cpu:2", "--report", str(tmp_path)],
+                        "300", "--duration", "2s", "--scenarios",
+                        "alone,contended,nice,cgroup", "--contention", "cpu:2", "--report",
+                        str(tmp_path)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert list(rep["scenarios"]) == ["alone", "contended", "cgroup"]
+    assert list(rep["scenarios"]) == ["alone", "contended", "nice", "cgroup"]
     for name, res in rep["scenarios"].items():
         assert "error" not in res, (name, res)
         assert res["scenario"] == name
         assert 0 < res["completed"] <= 600 and res["latency"]["p99_ms"] > 0
+        # Measured by the load client; the resource figures are the model server's.
+        assert res["pid"] != res["client"]["pid"]
+        assert res["server"]["served"] == res["completed"]
+    # nice -n -10 starts the whole service under it: server and client both.
+    nice = rep["scenarios"]["nice"]
+    assert nice["sched"]["nice"] == nice["client"]["sched"]["nice"] == -10
+    assert rep["scenarios"]["alone"]["sched"]["nice"] == 0
     # The hogs really ran, during the measurement, in the scenarios that have them.
     assert "contention_cpu_s" not in rep["scenarios"]["alone"]
-    for name in ("contended", "cgroup"):
+    for name in ("contended", "nice", "cgroup"):
         assert rep["scenarios"][name]["contention_cpu_s"] > 0.5
         assert rep["scenarios"][name]["contention_check"]["processes"] >= 3
     assert rep["scenarios"]["cgroup"]["hog_cgroup"]["knob"] in ("cpu.shares=2", "cpu.weight=1")
@@ -98,18 +106,24 @@ def test_compare_with_ainative_lets_the_daemon_classify_on_its_own(tmp_path: Pat
     res = json.loads(r.stdout)["scenarios"]["ainative"]
     assert "error" not in res, res
     a = res["ainative"]
+    # The daemon found the model server by itself (no rule, no registration, no
+    # environment variable names it): by its runtime and its listening socket.
     assert a["workload"]["class"] == "inference"
+    assert any("listen" in s for s in a["workload"]["signals"]), a["workload"]
+    assert a["client_class"] is None  # the load client is nothing it manages
     assert a["hogs_demoted"] == a["hogs"] >= 3  # stress-ng and its two workers
-    # The workload itself saw the daemon's doing when its measurement began.
+    # The server itself saw the daemon's doing when its measurement began; the client
+    # was left as it was.
     assert res["sched"]["nice"] == -10
+    assert res["client"]["sched"]["nice"] == 0 and res["client"]["pid"] != res["pid"]
     assert res["completed"] > 0
     _no_stress_cgroups_left(before)
 
 
 def test_a_failing_scenario_is_reported_not_fatal(tmp_path: Path) -> None:
     from ainative.stress.compare import run_compare
+    from ainative.stress.config import WorkloadConfig
     from ainative.stress.report import errors, markdown
-    from ainative.stress.runner import WorkloadConfig
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")

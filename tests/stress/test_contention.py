@@ -97,7 +97,7 @@ def test_no_cpu_hierarchy_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _sched_under(*prefix_argv: str) -> dict[str, object]:
-    code = ("import json; from ainative.stress.runner import sched_state; "
+    code = ("import json; from ainative.stress.metrics import sched_state; "
             "print(json.dumps(sched_state()))")
     out = subprocess.run([*prefix_argv, sys.executable, "-c", code], capture_output=True,
                          text=True, check=True, timeout=60).stdout

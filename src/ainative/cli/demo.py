@@ -1,13 +1,14 @@
-"""`ainative demo`: the daemon, scoped to a real ONNX Runtime process it launches.
+"""`ainative demo`: the daemon, scoped to a real model server it launches.
 
-It shows, on this machine, in a few seconds: the inference process found from its mapped
-libraries, the knobs applied to every thread, and every value back as it was on stop.
+It shows, on this machine, in a few seconds: an ONNX Runtime model server (listening on a
+Unix socket, answering a steady stream of requests from a separate load client: the
+stress test's own pair, stress/runner.py) found by the daemon on its own, the knobs
+applied to every thread of the server, and every value back as it was on stop.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,27 +17,9 @@ from typing import Any
 from ainative.ipc.client import Client, DaemonError
 from ainative.ipc.launcher import LaunchError, ScopedDaemon
 
-# A real inference loop: a small MLP built in code, run continuously.
-INFERENCE_CHILD = r"""
-import numpy as np, onnx, onnxruntime as ort, sys, time
-from onnx import helper, TensorProto, numpy_helper
-rng = np.random.default_rng(0)
-w1 = numpy_helper.from_array(rng.standard_normal((256, 1024)).astype(np.float32), "w1")
-w2 = numpy_helper.from_array(rng.standard_normal((1024, 256)).astype(np.float32), "w2")
-g = helper.make_graph(
-    [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-     helper.make_node("MatMul", ["r", "w2"], ["y"])], "demo_mlp",
-    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 256])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 256])], [w1, w2])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-so = ort.SessionOptions(); so.intra_op_num_threads = 2
-s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-x = rng.standard_normal((8, 256)).astype(np.float32)
-print("ready", flush=True)
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    s.run(None, {"x": x}); time.sleep(0.002)
-"""
+# Requests per second: the 4-layer MLP at this rate keeps the server busy (a few percent
+# of a CPU, above the daemon's activity threshold) and leaves the machine alone.
+RATE = 200.0
 
 
 def _nice_of_threads(pid: int) -> dict[int, int]:
@@ -70,49 +53,57 @@ def run_demo(seconds: float) -> int:
         print("ainative demo changes priorities and cgroups: run it as root (sudo).",
               file=sys.stderr)
         return 2
+    from ainative.stress import models
+    from ainative.stress.config import WorkloadConfig
+    from ainative.stress.runner import Workload, WorkloadError
+
     tmp = tempfile.mkdtemp(prefix="ainative-demo-")
-    life = seconds + 20
-    child = subprocess.Popen([sys.executable, "-c", INFERENCE_CHILD, str(life)],
-                             stdout=subprocess.PIPE, text=True)
+    cfg = WorkloadConfig(models.materialise("mlp", tmp), "mlp", rate=RATE,
+                         duration=seconds + 20, batch=8, threads=2, warmup_s=0.5)
+    pair = Workload(cfg, tmp)
     daemon = ScopedDaemon(tmp, scope_pid=os.getpid(), log_format="text",
                           cgroup_root=f"ainative-demo-{os.getpid()}")
     try:
-        assert child.stdout is not None
-        child.stdout.readline()
-        before = _nice_of_threads(child.pid)
-        print(f"launched an ONNX Runtime inference process: pid {child.pid}, "
-              f"{len(before)} threads, nice {sorted(set(before.values()))}")
+        try:
+            pair.wait_ready()
+        except WorkloadError as e:
+            print(f"ainative demo: {e}", file=sys.stderr)
+            return 1
+        pair.go()
+        pid = pair.server_pid
+        before = _nice_of_threads(pid)
+        print(f"launched an ONNX Runtime model server: pid {pid}, listening on "
+              f"{pair.socket}, {len(before)} threads, nice {sorted(set(before.values()))}; "
+              f"a load client (pid {pair.client_pid}) sends it {RATE:.0f} requests/s")
         try:
             daemon.start()
         except LaunchError as e:
             print(f"ainative demo: {e}", file=sys.stderr)
             return 1
         cl = daemon.client
-        st = _wait_for(cl, child.pid, 15)
+        st = _wait_for(cl, pid, 15)
         if st is None:
-            print("the daemon did not classify the process in 15 s; log:", file=sys.stderr)
+            print("the daemon did not classify the server in 15 s; log:", file=sys.stderr)
             print(open(daemon.log_path).read(), file=sys.stderr)
             return 1
         from ainative.cli.views import render_explain, render_status
 
         render_status(st)
-        render_explain({k: v for k, v in cl.explain(child.pid).items() if k != "ok"})
-        during = _nice_of_threads(child.pid)
-        print(f"nice of every thread while managed: {sorted(set(during.values()))}")
+        render_explain({k: v for k, v in cl.explain(pid).items() if k != "ok"})
+        during = _nice_of_threads(pid)
+        print(f"nice of every server thread while managed: {sorted(set(during.values()))}")
         time.sleep(seconds)
         daemon.stop()
-        after = _nice_of_threads(child.pid)
+        after = _nice_of_threads(pid)
         same = all(after.get(t) == v for t, v in before.items() if t in after)
-        print(f"daemon stopped; nice of every thread now: {sorted(set(after.values()))} "
-              f"({'restored' if same else 'NOT restored'})")
+        print(f"daemon stopped; nice of every server thread now: "
+              f"{sorted(set(after.values()))} ({'restored' if same else 'NOT restored'})")
         print(f"daemon log: {daemon.log_path}")
         return 0 if same else 1
     finally:
         daemon.close()
-        child.kill()
-        child.wait()
+        pair.close()  # tmp stays: it holds the daemon's log, printed above
 
 
 if __name__ == "__main__":
     sys.exit(run_demo(float(sys.argv[1]) if len(sys.argv) > 1 else 4.0))
-

@@ -18,7 +18,8 @@ from ainative.stress.catalog import BUILTIN, DESCRIPTIONS, SCENARIOS
 from ainative.units import UnitError, parse_duration, parse_size
 
 if TYPE_CHECKING:
-    from ainative.stress.runner import WorkloadConfig
+    from ainative.stress.config import WorkloadConfig
+
 
 def _duration(text: str, option: str = "--duration") -> float:
     try:
@@ -90,8 +91,8 @@ def _summary(r: dict[str, Any]) -> str:
         f"late          {r['late']}   dropped {r['dropped']}   errors {r['errors']}",
         f"latency ms    p50 {lat['p50_ms']:.3f}  p90 {lat['p90_ms']:.3f}  "
         f"p99 {lat['p99_ms']:.3f}  p99.9 {lat['p99_9_ms']:.3f}  max {lat['max_ms']:.3f}",
-        f"cpu           user {res['cpu_user_s']:.2f} s  system {res['cpu_system_s']:.2f} s  "
-        f"run-queue wait {res['run_queue_wait_s']:.3f} s",
+        f"server        pid {r['pid']}: cpu user {res['cpu_user_s']:.2f} s  system "
+        f"{res['cpu_system_s']:.2f} s  run-queue wait {res['run_queue_wait_s']:.3f} s",
         f"memory        peak RSS {res['peak_rss_mib']} MiB  slope "
         f"{'n/a (run too short)' if slope is None else f'{slope:+.2f} MiB/h'}",
         f"gpu           {'yes' if r['gpu'].get('available') else r['gpu'].get('reason')}",
@@ -101,6 +102,11 @@ def _summary(r: dict[str, Any]) -> str:
 
 def _extra_lines(r: dict[str, Any]) -> list[str]:
     out = []
+    c = r.get("client")
+    if c:
+        cpu = c["cpu_user_s"] + c["cpu_system_s"]
+        out.append(f"load client   pid {c['pid']}: cpu {cpu:.2f} s  run-queue wait "
+                   f"{c['run_queue_wait_s']:.3f} s")
     if "contention_cpu_s" in r:
         out.append(f"contention    {r['contention_tool']}, hogs used {r['contention_cpu_s']:.1f} "
                    "CPU-seconds during the run")
@@ -160,9 +166,10 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
                                                         nice -10, chrt -f 10, cgroup
     """
     from ainative.stress import models
+    from ainative.stress.config import WorkloadConfig
     from ainative.stress.contention import ContentionError, parse_scenario
     from ainative.stress.report import errors, write_report
-    from ainative.stress.runner import WorkloadConfig
+    from ainative.stress.runner import WorkloadError
 
     # A shell starts background jobs with SIGINT ignored, and Python then keeps it so;
     # `kill -INT` must still end the run early with its summary, as documented.
@@ -190,8 +197,8 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
             report = _compare(wcfg, conts, chosen, tmp, as_json)
             keep_tmp = bool(errors(report))
         else:
-            report = _single(wcfg, conts, dur, progress_interval, as_json)
-    except (models.ModelError, ContentionError) as e:
+            report = _single(wcfg, conts, dur, progress_interval, as_json, tmp)
+    except (models.ModelError, ContentionError, WorkloadError) as e:
         raise click.ClickException(str(e)) from e
     finally:
         if keep_tmp:
@@ -217,7 +224,7 @@ def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], wo
              quiet: bool) -> dict[str, Any]:
     from ainative.stress import models
     from ainative.stress.compare import run_compare
-    from ainative.stress.runner import choose_workers
+    from ainative.stress.config import choose_workers
 
     # Fail here, not in every scenario, on a model that cannot be fed; and fix the worker
     # count from an uncontended measurement, so every scenario runs the same load the
@@ -241,7 +248,9 @@ def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], wo
 
 
 def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,
-            quiet: bool) -> dict[str, Any]:
+            quiet: bool, workdir: str) -> dict[str, Any]:
+    """One run of the model server and its load client (runner.py), the same pair
+    --compare runs, so a system-wide daemon finds the server the same way."""
     from ainative.stress.compare import machine_info
     from ainative.stress.contention import Hogs
     from ainative.stress.progress import PlainProgress, make_progress
@@ -260,13 +269,14 @@ def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,
         # With --json, stdout carries only the JSON; progress still goes to stderr.
         prog = make_progress(dur, interval, "plain" if quiet else "auto")
         if prog is None:
-            r = run_workload(wcfg, tick_s=1.0, before_start=started)
+            r = run_workload(wcfg, before_start=started, workdir=workdir)
         else:
             # A live bar refreshes each second; plain lines come once per interval, and
             # their figures cover that whole interval.
             tick = 1.0 if not isinstance(prog, PlainProgress) else interval
             with prog:
-                r = run_workload(wcfg, on_tick=prog, tick_s=tick, before_start=started)
+                r = run_workload(wcfg, on_tick=prog, tick_s=tick, before_start=started,
+                                 workdir=workdir)
         if hogs is not None:
             r["contention_tool"] = hogs.tool
             r["contention_check"] = hogs.verified

@@ -346,18 +346,20 @@ class Engine:
         if self.journal:
             self.journal.close([c.seq], reason)
 
-    def reset_inherited(self, pid: int, parent: Managed) -> int:
+    def reset_inherited(self, pid: int, parent: Managed, keep: frozenset[str] = frozenset()
+                        ) -> int:
         """A child of a managed process inherits its knobs (and cgroup) on fork. When the
-        child is not classified itself, put back what the parent had before us, so that
-        ainative's changes never leak to processes it did not choose. Returns how many
-        values were reset."""
+        child is not classified itself, or its own class does not set a knob (``keep``
+        names those it sets and has journaled), put back what the parent had before us,
+        so that ainative's changes never leak to processes it did not choose. Returns how
+        many values were reset."""
         if self.dry_run or not parent.active:
             return 0
         n = 0
         try:
             for tid in self.backend.list_threads(pid):
                 for knob, target in parent.targets.items():
-                    if knob not in THREAD_KNOBS or knob in parent.overridden:
+                    if knob not in THREAD_KNOBS or knob in parent.overridden or knob in keep:
                         continue
                     base = parent.baseline.get(knob)
                     if base is None or base == target:
@@ -365,7 +367,8 @@ class Engine:
                     if self.backend.get_knob(tid, knob) == target:
                         self.backend.set_knob(tid, knob, base)
                         n += 1
-            if "cgroup" in parent.targets and "cgroup" in parent.baseline:
+            if "cgroup" in parent.targets and "cgroup" in parent.baseline and (
+                    "cgroup" not in keep):
                 cur = self.backend.get_knob(pid, "cgroup")
                 target = parent.targets["cgroup"]
                 if comparable(cur, target) == target:

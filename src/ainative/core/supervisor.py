@@ -174,11 +174,12 @@ class Supervisor:
             self._schedule(info.ident)
             return
         m = self.engine.manage(d, inherited=parent if parent_pid is not None else None)
-        if (m is not None and not m.active and parent is not None
-                and parent_pid is not None):
-            # Managed but not in force yet (a serving child not seen busy, a background
-            # one while nothing serves): what it inherited from its parent goes back.
-            self.engine.reset_inherited(pid, parent)
+        if m is not None and parent is not None and parent_pid is not None:
+            # What it inherited from its parent and its own class does not set now (none
+            # of it while not in force: a serving child not seen busy, a background one
+            # while nothing serves; a batch child sets nothing) goes back.
+            keep = frozenset(m.targets) if m.active else frozenset()
+            self.engine.reset_inherited(pid, parent, keep)
 
     def full_scan(self) -> None:
         alive: set[TaskId] = set()

@@ -26,7 +26,7 @@ DESCRIPTIONS = {
     "alone": "no contention",
     "contended": "with the hogs, nothing done",
     "ainative": "hogs + ainative daemon (automatic)",
-    "nice": "hogs + workload under nice -n -10",
-    "chrt": "hogs + workload under chrt -f 10",
+    "nice": "hogs + server and client under nice -n -10",
+    "chrt": "hogs + server and client under chrt -f 10",
     "cgroup": "hogs demoted to a cgroup (cpu.shares=2 / cpu.weight=1)",
 }

@@ -3,8 +3,10 @@ remedy: ainative (its daemon scoped to this run, no manual help), ``nice -n -10`
 ``chrt -f 10``, and the hogs demoted into a cgroup with the smallest CPU share.
 
 Each scenario has a leader process of its own (see leader.py) that starts the hogs and
-the workload as its children: a remedy acts on that workload alone, the daemon is scoped
-to the leader, and one scenario cannot leak into the next.
+the workload (a model server behind a Unix socket and the load client driving it,
+runner.py) as its descendants: a remedy acts on that workload alone, the daemon is scoped
+to the leader and has to find the model server by itself, and one scenario cannot leak
+into the next.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from dataclasses import asdict
 from typing import Any
 
 from ainative.stress.catalog import SCENARIOS
+from ainative.stress.config import WorkloadConfig
 from ainative.stress.contention import Scenario
 from ainative.stress.leader import ScenarioError, wait_line
-from ainative.stress.runner import WorkloadConfig
 
 
 class Interrupted(Exception):
@@ -81,10 +83,11 @@ class DaemonRun:
     def _in_force(t: dict[str, Any] | None, cls: str) -> bool:
         return bool(t and t.get("class") == cls and t.get("active", True) and t.get("applied"))
 
-    def wait_managed(self, workload: int, hogs: list[int], timeout: float = 5.0
-                     ) -> dict[str, Any]:
-        """Until the workload is managed as inference and every hog as background (what
-        `ainative status --json` shows); the measurement is worthless without the first."""
+    def wait_managed(self, workload: int, hogs: list[int], timeout: float = 5.0,
+                     client: int | None = None) -> dict[str, Any]:
+        """Until the model server is managed as inference, busy and boosted, and every hog
+        as background (what `ainative status --json` shows); the measurement is worthless
+        without the first. The load client's class (none, expected) is reported too."""
         from ainative.ipc.client import DaemonError
 
         deadline = time.monotonic() + timeout
@@ -106,13 +109,15 @@ class DaemonRun:
         if not ok_w:
             seen = (f"it has it as class {w.get('class')!r}, active={w.get('active')}, "
                     f"applied={w.get('applied')}" if w else "it does not manage it")
-            raise ScenarioError(f"ainative did not manage the workload (pid {workload}) as "
-                                f"inference within {timeout:.0f} s: {seen}; see "
+            raise ScenarioError(f"ainative did not manage the model server (pid {workload}) "
+                                f"as inference within {timeout:.0f} s: {seen}; see "
                                 f"{self.log_path}")
         assert w is not None
+        c = tasks.get(client) if client is not None else None
         return {
             "workload": {"class": w["class"], "applied": w.get("applied"),
                          "signals": w.get("signals")},
+            "client_class": c.get("class") if c else None,
             "hogs_demoted": sum(1 for h in hogs if self._in_force(tasks.get(h), "background")),
             "hogs": len(hogs),
             "wait_s": round(time.monotonic() - t_start, 2),
@@ -179,7 +184,8 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
                 daemon.wait_ready()  # while the leader starts the hogs and the workload
             info = json.loads(wait_line(leader, "ready ", 180) or "{}")
             if daemon is not None:
-                extra["ainative"] = daemon.wait_managed(info["workload"], info["hogs"])
+                extra["ainative"] = daemon.wait_managed(info["workload"], info["hogs"],
+                                                        client=info.get("client"))
             _send(leader, "go")
             try:
                 leader.wait(timeout=wcfg.duration + 60)
@@ -188,7 +194,7 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
         except KeyboardInterrupt:
             interrupted = True
             if leader.poll() is None:
-                leader.send_signal(signal.SIGINT)  # passed on to the workload
+                leader.send_signal(signal.SIGINT)  # passed on to the load client
             _close_stdin(leader)
             try:
                 leader.wait(timeout=30)
@@ -200,7 +206,7 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
                 raise
             with open(result_path) as fh:
                 why = json.load(fh).get("error")
-            # The leader's own reason (a workload that failed to load) says more.
+            # The leader's own reason (a model that failed to load) says more.
             raise ScenarioError(why or str(e)) from None
     finally:
         _stop_leader(leader)

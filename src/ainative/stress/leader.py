@@ -1,16 +1,19 @@
 """The leader of one ``--compare`` scenario: a process that starts the hogs and the
-workload as its own children, so a daemon scoped to it (``--scope-descendants``) sees
-both, and nothing else of the caller's.
+workload (the model server and its load client, runner.py) as its own descendants, so a
+daemon scoped to it (``--scope-descendants``) sees all of them, and nothing else of the
+caller's.
 
 It talks to the caller over stdin/stdout, one line each way at a time:
 
     caller -> leader   start            (the daemon, if any, now watches the leader)
-    leader -> caller   ready {json}     (hogs verified, workload warmed up; pids inside)
+    leader -> caller   ready {json}     (hogs verified, server and client warmed up:
+                                         {"workload": server pid, "client": client pid,
+                                          "hogs": [pids]})
     caller -> leader   go               (anything else, or EOF: give up cleanly)
 
 and writes the scenario's result JSON to --result. It imports no ONNX Runtime itself, so
-it can never be mistaken for the workload. SIGINT is passed on to the workload, which
-ends its run early and still reports; SIGTERM stops everything.
+it can never be mistaken for the model server. SIGINT is passed on to the load client,
+which ends its run early and still reports; SIGTERM stops everything.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import time
 from types import FrameType
 from typing import Any
 
+from ainative.stress.config import WorkloadConfig
 from ainative.stress.contention import ContentionError, Hogs, parse_scenario
 from ainative.stress.remedies import HogCgroup, RemedyError, prefix
 from ainative.stress.results import write_result
+from ainative.stress.runner import Workload, WorkloadError
+from ainative.stress.runner import wait_line as _wait_line
 
 
 class ScenarioError(Exception):
@@ -36,57 +42,21 @@ class ScenarioError(Exception):
 
 def wait_line(proc: subprocess.Popen[str], want: str, timeout: float) -> str:
     """The first line from proc's stdout that starts with want (its rest is returned)."""
-    import selectors
-
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=0.2):
-                if proc.poll() is not None:
-                    break
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith(want):
-                return line[len(want):].strip()
-    finally:
-        sel.close()
-    code = proc.poll()
-    raise ScenarioError(f"did not get ready within {timeout:.0f} s" if code is None
-                        else f"exited with code {code} before it was ready")
+        return _wait_line(proc, want, timeout)
+    except WorkloadError as e:
+        raise ScenarioError(str(e)) from None
 
 
-def _tail(path: str) -> str:
-    try:
-        with open(path, errors="replace") as fh:
-            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def _error_of(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            err = json.load(fh).get("error")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(err) if err else None
-
-
-def _check_remedy(scenario: str, sched: dict[str, Any]) -> None:
+def _check_remedy(scenario: str, sched: dict[str, Any], who: str = "the workload") -> None:
     """nice without the right to raise priority warns and runs the workload anyway; such a
     result would be labelled with a remedy that never happened."""
     if scenario == "nice" and sched.get("nice") != -10:
-        raise ScenarioError(f"nice -n -10 did not take effect (the workload ran at nice "
+        raise ScenarioError(f"nice -n -10 did not take effect ({who} ran at nice "
                             f"{sched.get('nice')}); it needs root or CAP_SYS_NICE")
     if scenario == "chrt" and sched.get("policy") != "fifo":
-        raise ScenarioError(f"chrt -f 10 did not take effect (policy {sched.get('policy')}); "
-                            "it needs root or CAP_SYS_NICE")
+        raise ScenarioError(f"chrt -f 10 did not take effect ({who} ran with policy "
+                            f"{sched.get('policy')}); it needs root or CAP_SYS_NICE")
 
 
 class Leader:
@@ -94,26 +64,23 @@ class Leader:
         self.spec = spec
         self.workdir = workdir
         self.scenario: str = spec["scenario"]
-        self.child: subprocess.Popen[str] | None = None
+        self.workload: Workload | None = None
         self.hogs: Hogs | None = None
         self.cgroup: HogCgroup | None = None
 
     def forward_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGINT)
+        if self.workload is not None:
+            self.workload.interrupt()
 
     def run(self, stdin: Any) -> dict[str, Any]:
         t0 = time.monotonic()
         conts = [parse_scenario(c) for c in self.spec["contention"]]
         extra: dict[str, Any] = {"scenario": self.scenario}
-        wres = os.path.join(self.workdir, "workload.json")
-        werr = os.path.join(self.workdir, "workload.err")
-        with open(werr, "w") as err:
-            self.child = subprocess.Popen(
-                [*prefix(self.scenario), sys.executable, "-m", "ainative.stress.runner",
-                 "--config", json.dumps(self.spec["workload"]), "--result", wres],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
-        # The hogs start and are checked while the workload loads and warms up.
+        # A remedy given as a prefix starts both processes, as a user would a service.
+        self.workload = Workload(WorkloadConfig(**self.spec["workload"]), self.workdir,
+                                 prefix(self.scenario))
+        self.workload.spawn_server()
+        # The hogs start and are checked while the model server loads and warms up.
         if conts:
             self.hogs = Hogs(conts, self.spec.get("use_stress_ng"))
             self.hogs.spawn()
@@ -125,14 +92,13 @@ class Leader:
                 extra["hog_cgroup"] = {"path": self.cgroup.dir,
                                        "knob": "=".join(self.cgroup.knob)}
         try:
-            wait_line(self.child, "ready", 120)
-        except ScenarioError as e:
-            self.child.wait(timeout=5)
-            # A model it could not load or feed says so in its result; a crash, on stderr.
-            raise ScenarioError(_error_of(wres) or f"workload {e}: {_tail(werr)}") from None
+            self.workload.wait_ready(120)
+        except WorkloadError as e:
+            raise ScenarioError(str(e)) from None
         hog_pids = self.hogs.pids() if self.hogs else []
         extra["setup_s"] = round(time.monotonic() - t0, 2)
-        print("ready " + json.dumps({"workload": self.child.pid, "hogs": hog_pids}),
+        print("ready " + json.dumps({"workload": self.workload.server_pid,
+                                     "client": self.workload.client_pid, "hogs": hog_pids}),
               flush=True)
         if stdin.readline().strip() != "go":
             raise ScenarioError("cancelled before the measurement began")
@@ -140,27 +106,21 @@ class Leader:
             # stress-ng may have forked since; children follow their parent, but be sure.
             self.cgroup.add(self.hogs.pids() if self.hogs else [])
         hog_cpu0 = self.hogs.cpu_seconds() if self.hogs else 0.0
-        assert self.child.stdin is not None
-        self.child.stdin.write("go\n")
-        self.child.stdin.flush()
-        self.child.wait()
+        self.workload.go()
+        res = self.workload.wait()
         if self.hogs is not None:
             extra["contention_cpu_s"] = round(self.hogs.cpu_seconds() - hog_cpu0, 2)
-        if not os.path.exists(wres):
-            raise ScenarioError(f"workload wrote no result (exit code "
-                                f"{self.child.returncode}): {_tail(werr)}")
-        with open(wres) as fh:
-            res: dict[str, Any] = json.load(fh)
         if "error" in res:
             raise ScenarioError(res["error"])
-        _check_remedy(self.scenario, res.get("sched") or {})
+        _check_remedy(self.scenario, res.get("sched") or {}, "the model server")
+        _check_remedy(self.scenario, (res.get("client") or {}).get("sched") or {},
+                      "the load client")
         res.update(extra)
         return res
 
     def cleanup(self) -> None:
-        if self.child is not None and self.child.poll() is None:
-            self.child.kill()
-            self.child.wait()
+        if self.workload is not None:
+            self.workload.close()
         if self.hogs is not None:
             self.hogs.stop()
         if self.cgroup is not None:
@@ -185,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdin.readline().strip() != "start":
             return 3
         out = leader.run(sys.stdin)
-    except (ScenarioError, ContentionError, RemedyError) as e:
+    except (ScenarioError, ContentionError, RemedyError, WorkloadError) as e:
         out = {"error": str(e)}
     except SystemExit:
         out = {"error": "stopped"}

@@ -47,9 +47,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"contention {', '.join(report['contention']) or 'none'}; "
         f"machine {report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']}.",
         "",
-        "Latency is measured from each request's scheduled time, so time spent queued "
-        "counts. *rq wait*: time the workload's threads sat runnable, waiting for a CPU. "
-        "*hog CPU*: CPU-seconds the contention got during the measurement.",
+        "The workload is a model server on a Unix socket and a separate load client. "
+        "Latency is measured by the client from each request's scheduled time to its "
+        "reply, so time spent queued counts. *rq wait*: time the model server's threads "
+        "sat runnable, waiting for a CPU. *hog CPU*: CPU-seconds the contention got during "
+        "the measurement.",
         "",
         "| " + " | ".join(HEADER) + " | what |",
         "|" + "---|" * (len(HEADER) + 1),
@@ -65,7 +67,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Verdict: " + ", ".join(f"{k} = {val}" for k, val in v.items())]
     a = report["scenarios"].get("ainative", {}).get("ainative")
     if a:
-        lines += ["", f"ainative classified the workload as "
+        lines += ["", f"ainative classified the model server as "
                   f"`{(a.get('workload') or {}).get('class')}` and demoted "
                   f"{a.get('hogs_demoted')} of {a.get('hogs')} hog processes on its own."]
     if report.get("interrupted"):

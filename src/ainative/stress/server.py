@@ -130,8 +130,8 @@ class ModelServer:
             return
         bufs, staged = self._stage()
         try:
-            for name, arr in staged.items():
-                arr[...] = self.feeds[name]
+            for name in staged:  # (no loop variable: it would keep a view alive)
+                staged[name][...] = self.feeds[name]
             self.session.run(None, staged)
         finally:
             self._unstage(bufs, staged)
@@ -240,8 +240,8 @@ class ModelServer:
             _discard(conn, self.expected)
             raise
         try:
-            for arr in staged.values():
-                wire.recv_exact(conn, memoryview(arr).cast("B"))
+            for name in staged:  # (no loop variable: it would keep a view alive)
+                wire.recv_exact(conn, staged[name].data.cast("B"))
             return list(self.session.run(None, staged))
         finally:
             self._unstage(bufs, staged)
