@@ -35,8 +35,13 @@ from ainative.platform.base import ProcessGone, ProcEvent, TaskId
 # processes waiting, so an exec storm cannot grow it without bound.
 _TIMER_SLACK = 4
 # An AI process not (yet) serving that uses CPU is looked at for a listening socket at
-# most this often: a batch job running flat out must not cost a socket scan every tick.
+# most this often: a batch job running flat out must not cost a socket scan (up to a few
+# ms where the TCP tables are large) every tick. After _LISTEN_FAST_CHECKS looks that found
+# none, it is looked at every _LISTEN_RECHECK_SLOW_S: a job busy for minutes without a
+# socket is throughput work, and one that starts serving is still found in seconds.
 _LISTEN_RECHECK_S = 0.5
+_LISTEN_FAST_CHECKS = 20
+_LISTEN_RECHECK_SLOW_S = 5.0
 
 
 class Refused(Exception):
@@ -73,7 +78,8 @@ class Supervisor:
         self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
                              cgroups_enabled=config.cgroups, busy=self.activity.busy)
         self._next_sample: float | None = None
-        self._listen_checked: dict[int, float] = {}  # pid -> when its sockets were last read
+        # pid -> (when its sockets were last read, how many times)
+        self._listen_checked: dict[int, tuple[float, int]] = {}
         self._timers: list[tuple[float, int, TaskId]] = []
         # pid -> (identity, due time of its re-check): keyed by pid so an exit purges in O(1)
         self._waiting: dict[int, tuple[TaskId, float]] = {}
@@ -267,12 +273,14 @@ class Supervisor:
                 changed = True
                 log.event("busy" if self.activity.busy(m.ident) else "idle",
                           pid=m.ident.pid, name=m.name, cls=m.cls)
-            if (not self._is_serving(m) and self.activity.cpu_moved(m.ident)
-                    and now - self._listen_checked.get(m.ident.pid, -1e9) >= _LISTEN_RECHECK_S):
-                recheck.append(m.ident.pid)
+            if not self._is_serving(m) and self.activity.cpu_moved(m.ident):
+                last, n = self._listen_checked.get(m.ident.pid, (-1e9, 0))
+                every = _LISTEN_RECHECK_S if n < _LISTEN_FAST_CHECKS else _LISTEN_RECHECK_SLOW_S
+                if now - last >= every:
+                    recheck.append(m.ident.pid)
+                    self._listen_checked[m.ident.pid] = (now, n + 1)
         self.activity.keep_only({m.ident for m in watched})
         for pid in recheck:
-            self._listen_checked[pid] = now
             self.examine(pid)  # a listening socket now makes it serving
         if changed:
             self.engine.update_activation()
