@@ -126,12 +126,13 @@ def serving_part(duration: str) -> dict[str, Any]:
     """The stress comparison's alone and ainative scenarios under 4 CPU hogs."""
     out = tempfile.mkdtemp(prefix="ainative-fair-serve-")
     r = subprocess.run([sys.executable, "-m", "ainative", "stress", "--compare",
-                        "--scenarios", "alone,ainative", "--duration", duration,
+                        "--scenarios", "alone,ainative", "--contention", "cpu:4",
+                        "--duration", duration,
                         "--report", os.path.join(out, "compare")],
                        capture_output=True, text=True)
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:]}
-    with open(os.path.join(out, "compare.json")) as fh:
+    with open(os.path.join(out, "compare", "report.json")) as fh:
         res = json.load(fh)
     sc = res["scenarios"]
     return {s: {k: sc[s]["latency"][k] for k in ("p50_ms", "p99_ms", "p999_ms")
