@@ -213,3 +213,15 @@ def test_sigint_works_when_started_with_sigint_ignored(tmp_path: Path) -> None:
     assert p.returncode == 0, err
     run = json.loads(out)["scenarios"]["run"]
     assert run["interrupted"] is True and 0 < run["completed"] < 200 * 60
+
+
+@ROOT
+def test_demo_finds_the_model_server_and_restores_it() -> None:
+    # `ainative demo` runs the stress pair at a low rate under a scoped daemon: the server
+    # is found on its own, boosted while it serves, and given back its nice on stop.
+    r = subprocess.run([*AINATIVE, "demo", "--seconds", "1"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "launched an ONNX Runtime model server" in r.stdout
+    assert "nice of every server thread while managed: [-10]" in r.stdout
+    assert "(restored)" in r.stdout and "NOT restored" not in r.stdout

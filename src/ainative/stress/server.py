@@ -226,9 +226,11 @@ class ModelServer:
                 self.failed += 1
             wire.send_frame(conn, Kind.ERROR, _first_line(e).encode())
             return
-        wire.send_frame(conn, Kind.RESULT, *(np.ascontiguousarray(o) for o in outs))
+        # Counted before the reply leaves: once the client has it, a STOP may follow at
+        # once and must find it counted.
         with self._lock:
             self.served += 1
+        wire.send_frame(conn, Kind.RESULT, *(np.ascontiguousarray(o) for o in outs))
 
     def _infer_pinned(self, conn: socket.socket) -> list[Any]:
         """The request's inputs received straight into pinned buffers, run from there."""
