@@ -166,8 +166,9 @@ class Engine:
         self.managed[decision.ident] = m
         log.event("classified", pid=m.ident.pid, name=m.name, cls=m.cls,
                   signals=[s.detail for s in decision.matched_signals])
-        self.update_activation()
-        if not m.active and self._should_be_active(m):
+        # Only m can change state here: a serving m that is applied turns on what waits
+        # for serving itself (activate cascades), so no pass over every managed process.
+        if self._should_be_active(m):
             self.activate(m)
         return m
 
@@ -212,8 +213,9 @@ class Engine:
     def update_activation(self) -> None:
         """Apply or lift what depends on activity: serving processes by their own, then
         the classes that wait for a busy serving process."""
-        ordered = sorted(self.managed.values(), key=lambda m: not self._serving(m))
-        for m in ordered:
+        serving = [m for m in self.managed.values() if self._serving(m)]
+        others = [m for m in self.managed.values() if not self._serving(m)]
+        for m in (*serving, *others):
             if m.ident not in self.managed:
                 continue  # exited while an earlier one was applied
             want = self._should_be_active(m)

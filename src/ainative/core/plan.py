@@ -48,9 +48,7 @@ def state_of(sup: Supervisor, m: Managed) -> str:
     """One line: whether m's knobs are in force, and if not, why not."""
     dry = sup.engine.dry_run
     cls = sup.rules.classes.get(m.cls)
-    if cls is not None and not (cls.nice is not None or cls.policy is not None
-                                or cls.ioprio is not None or cls.affinity is not None
-                                or cls.cgroup):
+    if not m.targets and not m.errors:
         return f"class {m.cls} changes nothing (fair share)"
     if m.active:
         return "would apply (dry run: nothing is changed)" if dry else "applied"

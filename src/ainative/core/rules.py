@@ -239,21 +239,26 @@ class RuleSet:
         v = self.settings.get("gpu_available_threshold")
         return float(v) if _is_threshold(v) else _DEFAULT_THRESHOLD
 
+    def _class_setting(self, key: str, default: str) -> str:
+        v = self.settings.get(key)
+        return v if isinstance(v, str) else default
+
+    def _seconds_setting(self, key: str, default: float) -> float:
+        v = self.settings.get(key)
+        return v if isinstance(v, float) else default  # parsed to seconds at load
+
     @property
     def library_class(self) -> str:
-        v = self.settings.get("library_class")
-        return v if isinstance(v, str) else _DEFAULT_CLASS
+        return self._class_setting("library_class", _DEFAULT_CLASS)
 
     @property
     def gpu_process_class(self) -> str:
-        v = self.settings.get("gpu_process_class")
-        return v if isinstance(v, str) else _DEFAULT_CLASS
+        return self._class_setting("gpu_process_class", _DEFAULT_CLASS)
 
     @property
     def serving_class(self) -> str:
         """The class of an AI runtime process that shows it serves (a listening socket)."""
-        v = self.settings.get("serving_class")
-        return v if isinstance(v, str) else _DEFAULT_SERVING_CLASS
+        return self._class_setting("serving_class", _DEFAULT_SERVING_CLASS)
 
     @property
     def active_cpu_percent(self) -> float:
@@ -262,13 +267,11 @@ class RuleSet:
 
     @property
     def active_window(self) -> float:
-        v = self.settings.get("active_window")
-        return float(v) if isinstance(v, float) else _DEFAULT_ACTIVE_WINDOW
+        return self._seconds_setting("active_window", _DEFAULT_ACTIVE_WINDOW)
 
     @property
     def idle_after(self) -> float:
-        v = self.settings.get("idle_after")
-        return float(v) if isinstance(v, float) else _DEFAULT_IDLE_AFTER
+        return self._seconds_setting("idle_after", _DEFAULT_IDLE_AFTER)
 
 
 def _is_cpu_percent(v: Any) -> TypeGuard[int | float]:

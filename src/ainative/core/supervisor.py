@@ -78,6 +78,10 @@ class Supervisor:
         self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
                              cgroups_enabled=config.cgroups, busy=self.activity.busy)
         self._next_sample: float | None = None
+        # Whether any process's activity is watched: the loop wakes for activity ticks only
+        # then (set when one is managed, recomputed at each tick), so an idle daemon with
+        # only background processes managed does not wake four times a second.
+        self._watching = False
         # pid -> (when its sockets were last read, how many times)
         self._listen_checked: dict[int, tuple[float, int]] = {}
         self._timers: list[tuple[float, int, TaskId]] = []
@@ -180,6 +184,9 @@ class Supervisor:
             self._schedule(info.ident)
             return
         m = self.engine.manage(d, inherited=parent if parent_pid is not None else None)
+        if m is not None and not self._watching and (
+                self._is_serving(m) or _may_start_serving(m.decision)):
+            self._watching, self._next_sample = True, None  # sample at the next pass
         if m is not None and parent is not None and parent_pid is not None:
             # What it inherited from its parent and its own class does not set now (none
             # of it while not in force: a serving child not seen busy, a background one
@@ -218,7 +225,7 @@ class Supervisor:
 
     def next_timer(self) -> float | None:
         due = [t for t in (self._timers[0][0] if self._timers else None,
-                           self._next_sample if self._watched() else None) if t is not None]
+                           self._next_sample if self._watching else None) if t is not None]
         return min(due) if due else None
 
     def run_timers(self) -> None:
@@ -262,6 +269,7 @@ class Supervisor:
         now = self.clock()
         self._next_sample = now + self.activity.config.interval_s
         watched = self._watched()
+        self._watching = bool(watched)
         changed = False
         recheck: list[int] = []
         for m in watched:

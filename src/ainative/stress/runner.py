@@ -37,6 +37,7 @@ from dataclasses import asdict
 from types import TracebackType
 from typing import Any
 
+from ainative.ipc.launcher import last_line
 from ainative.stress.config import WorkloadConfig
 from ainative.stress.loadgen import Progress
 
@@ -87,15 +88,6 @@ def wait_line(proc: subprocess.Popen[str], want: str, timeout: float) -> str:
             pass
     raise NotReady(f"did not get ready within {timeout:.0f} s" if code is None
                    else f"exited with code {code} before it was ready")
-
-
-def last_line(path: str) -> str:
-    try:
-        with open(path, errors="replace") as fh:
-            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1][-400:] if lines else ""
 
 
 def error_in(path: str) -> str | None:

@@ -24,6 +24,7 @@ import pwd
 import socket
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -47,10 +48,11 @@ def _path(pid: int, tid: int | None, name: str) -> str:
     return f"{PROC}/{pid}/task/{tid}/{name}"
 
 
-def _read(path: str, pid: int, limit: int = 1 << 16) -> bytes:
+@contextmanager
+def _gone_if_exited(pid: int) -> Iterator[None]:
+    """Turn the errors a read of an exited process's /proc files gives into ProcessGone."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(limit)
+        yield
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProcessGone(f"process {pid} has exited") from e
     except OSError as e:
@@ -58,6 +60,11 @@ def _read(path: str, pid: int, limit: int = 1 << 16) -> bytes:
         if e.errno == errno.ESRCH:
             raise ProcessGone(f"process {pid} has exited") from e
         raise
+
+
+def _read(path: str, pid: int, limit: int = 1 << 16) -> bytes:
+    with _gone_if_exited(pid), open(path, "rb") as fh:
+        return fh.read(limit)
 
 
 # --- /proc/PID/stat ---
@@ -532,21 +539,14 @@ def _read_tcp_table(path: str, pid: int, limit: int) -> bytes:
     # request socket (which kernels before 4.4 list right after their listener): every
     # listener has been read by then (see _TCP_CHUNK).
     data = b""
-    try:
-        with open(path, "rb", buffering=0) as fh:
-            while len(data) < limit:
-                chunk = fh.read(min(_TCP_CHUNK, limit - len(data)))
-                if not chunk:
-                    break
-                data += chunk
-                if _last_line_state(data) not in (None, b"0A", b"03"):
-                    break
-    except (FileNotFoundError, ProcessLookupError) as e:
-        raise ProcessGone(f"process {pid} has exited") from e
-    except OSError as e:
-        if e.errno == errno.ESRCH:
-            raise ProcessGone(f"process {pid} has exited") from e
-        raise
+    with _gone_if_exited(pid), open(path, "rb", buffering=0) as fh:
+        while len(data) < limit:
+            chunk = fh.read(min(_TCP_CHUNK, limit - len(data)))
+            if not chunk:
+                break
+            data += chunk
+            if _last_line_state(data) not in (None, b"0A", b"03"):
+                break
     return data
 
 
