@@ -186,7 +186,8 @@ class Supervisor:
         m = self.engine.manage(d, inherited=parent if parent_pid is not None else None)
         if m is not None and not self._watching and (
                 self._is_serving(m) or _may_start_serving(m.decision)):
-            self._watching, self._next_sample = True, None  # sample at the next pass
+            # Due now: the loop wakes for it at once (None would mean "no deadline").
+            self._watching, self._next_sample = True, self.clock()
         if m is not None and parent is not None and parent_pid is not None:
             # What it inherited from its parent and its own class does not set now (none
             # of it while not in force: a serving child not seen busy, a background one
@@ -309,7 +310,7 @@ class Supervisor:
         cfg = activity_config(rules)
         if cfg != self.activity.config:
             self.activity.config = cfg
-            self._next_sample = None
+            self._next_sample = self.clock()
         for ident in self.engine.set_classes(rules.classes):
             self.examine(ident.pid)
         self.full_scan()
