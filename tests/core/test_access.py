@@ -37,7 +37,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 def test_builtin_inference_is_privileged_and_the_others_are_not() -> None:
     rs = load_rules(rules_dir=None)
     assert privileged_reasons(rs.classes["inference"]) == [
-        "nice -10 (below 0)", "cpu_weight 10000 (above the default 100)"]
+        "serving (others' background and training yield to it while it is busy)"]
     assert privileged_reasons(rs.classes["training"]) == []
     assert privileged_reasons(rs.classes["background"]) == []
 
@@ -50,6 +50,7 @@ def test_builtin_inference_is_privileged_and_the_others_are_not() -> None:
     ({"cgroup": True, "cpu_weight": 101}, "cpu_weight 101 (above the default 100)"),
     ({"cgroup": True, "memory_low": "1G"}, "memory_low 1073741824 bytes (above 0)"),
     ({"cgroup": True, "cpuset": "0-1"}, "cpuset 0-1 (reserved cores)"),
+    ({"serving": True}, "serving (others' background and training yield to it while it is busy)"),
 ])
 def test_each_privileged_knob_is_named(table: dict[str, object], reason: str) -> None:
     assert privileged_reasons(cls(**table)) == [reason]
@@ -85,9 +86,9 @@ def test_root_may_ask_for_anything_and_anyone_for_an_unprivileged_class() -> Non
 def test_refusal_says_who_what_why_and_the_fix() -> None:
     inference = load_rules(rules_dir=None).classes["inference"]
     msg = AccessPolicy().check(inference, UNKNOWN_UID)
-    assert msg == (f"uid {UNKNOWN_UID} may not ask for class 'inference': nice -10 (below 0), "
-                   "cpu_weight 10000 (above the default 100) need root or a grant; add them "
-                   "to [access.inference] users or groups in a rule file")
+    assert msg == (f"uid {UNKNOWN_UID} may not ask for class 'inference': serving (others' "
+                   "background and training yield to it while it is busy) needs root or a "
+                   "grant; add them to [access.inference] users or groups in a rule file")
     one = class_from_table("my class", {"nice": -1})
     assert AccessPolicy().check(one, UNKNOWN_UID) == (
         f"uid {UNKNOWN_UID} may not ask for class 'my class': nice -1 (below 0) needs root "

@@ -42,7 +42,9 @@ def test_builtin_rules_load_and_define_the_four_classes() -> None:
     rs = load_rules(rules_dir=None)
     assert {"inference", "batch", "training", "background"} <= set(rs.classes)
     inf = rs.classes["inference"]
-    assert inf.nice is not None and inf.nice < 0 and inf.serving
+    # Serving raises its I/O priority only: its CPU is protected by demoting the others.
+    assert inf.serving and inf.nice is None and inf.cpu_weight is None
+    assert inf.ioprio is not None and inf.ioprio[1] == 0
     assert rs.classes["background"].only_while_serving_active
     assert rs.classes["training"].only_while_serving_active
     # batch is fair share: it changes nothing at all

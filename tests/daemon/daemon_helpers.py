@@ -251,10 +251,15 @@ class DaemonProc:
 
 # Most end-to-end tests are about applying, following and undoing knobs, not about when:
 # their daemon applies every class whether or not a serving process is busy (settings an
-# operator may choose too). Activity and the defaults are tested with rules_text="".
+# operator may choose too), and their inference class raises the CPU priority the way an
+# operator whose clients are remote would set it, so that there is something per thread to
+# follow. Activity and the defaults are tested with always_on=False.
 ALWAYS_ON_RULES = """
 [classes.inference]
 serving = false
+nice = -10
+cgroup = true
+cpu_weight = 10000
 [classes.training]
 only_while_serving_active = false
 [classes.background]

@@ -3,7 +3,8 @@
 It shows, on this machine, in a few seconds: an ONNX Runtime model server (listening on a
 Unix socket, answering a steady stream of requests from a separate load client: the
 stress test's own pair, stress/runner.py) found by the daemon on its own, the knobs
-applied to every thread of the server, and every value back as it was on stop.
+applied to every thread of the server (its I/O priority: the CPU is protected by
+demoting others), and every value back as it was on stop.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from ainative.ipc.launcher import LaunchError, ScopedDaemon
 RATE = 200.0
 
 
-def _nice_of_threads(pid: int) -> dict[int, int]:
-    out: dict[int, int] = {}
+def _priorities(pid: int) -> dict[int, str]:
+    """Each thread's CPU and I/O priority as ainative's backend reads them: the inference
+    class raises the I/O priority; background work is what it demotes for the CPU."""
+    from ainative.core.classes import format_ioprio
+    from ainative.platform import get_platform
+
+    backend = get_platform(cgroup_root=f"ainative-demo-{os.getpid()}").backend
+    out: dict[int, str] = {}
     for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                out[tid] = int(fh.read().rsplit(")", 1)[1].split()[16])
-        except (OSError, IndexError, ValueError):
-            pass
+            nice, io = backend.get_knob(tid, "nice"), backend.get_knob(tid, "ioprio")
+        except OSError:  # a thread that ended meanwhile
+            continue
+        out[tid] = f"nice {nice}, io {format_ioprio(io)}"
     return out
 
 
@@ -71,9 +78,9 @@ def run_demo(seconds: float) -> int:
             return 1
         pair.go()
         pid = pair.server_pid
-        before = _nice_of_threads(pid)
+        before = _priorities(pid)
         print(f"launched an ONNX Runtime model server: pid {pid}, listening on "
-              f"{pair.socket}, {len(before)} threads, nice {sorted(set(before.values()))}; "
+              f"{pair.socket}, {len(before)} threads, {sorted(set(before.values()))}; "
               f"a load client (pid {pair.client_pid}) sends it {RATE:.0f} requests/s")
         try:
             daemon.start()
@@ -90,13 +97,13 @@ def run_demo(seconds: float) -> int:
 
         render_status(st)
         render_explain({k: v for k, v in cl.explain(pid).items() if k != "ok"})
-        during = _nice_of_threads(pid)
-        print(f"nice of every server thread while managed: {sorted(set(during.values()))}")
+        during = _priorities(pid)
+        print(f"every server thread while managed: {sorted(set(during.values()))}")
         time.sleep(seconds)
         daemon.stop()
-        after = _nice_of_threads(pid)
+        after = _priorities(pid)
         same = all(after.get(t) == v for t, v in before.items() if t in after)
-        print(f"daemon stopped; nice of every server thread now: "
+        print(f"daemon stopped; every server thread now: "
               f"{sorted(set(after.values()))} ({'restored' if same else 'NOT restored'})")
         print(f"daemon log: {daemon.log_path}")
         return 0 if same else 1

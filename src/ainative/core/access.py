@@ -55,6 +55,10 @@ def privileged_reasons(cls: ClassPolicy) -> list[str]:
         out.append(f"memory_low {cls.memory_low} bytes (above 0)")
     if cls.cpuset is not None:
         out.append(f"cpuset {cls.cpuset} (reserved cores)")
+    # A serving class raises nothing of its own process, but while it is busy every
+    # only_while_serving_active class (other users' builds, training) is demoted for it.
+    if cls.serving:
+        out.append("serving (others' background and training yield to it while it is busy)")
     return out
 
 
