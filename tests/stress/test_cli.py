@@ -63,8 +63,8 @@ def test_short_compare_writes_report_with_the_scenarios_that_ran(tmp_path: Path)
     before = _stress_cgroups()
     r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
                         "300", "--duration", "2s", "--scenarios",
-                        "alone,contended,nice,cgroup", "--contention", "cpu:2", "--report",
-                        str(tmp_path)],
+                        "alone,contended,nice,cgroup", "--contention", "cpu:2", "--rounds", "1",
+                        "--report", str(tmp_path)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "report.json").read_text())
@@ -99,12 +99,18 @@ def test_short_compare_writes_report_with_the_scenarios_that_ran(tmp_path: Path)
 def test_compare_with_ainative_lets_the_daemon_classify_on_its_own(tmp_path: Path) -> None:
     before = _stress_cgroups()
     r = subprocess.run([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
-                        "300", "--duration", "2s", "--scenarios", "ainative",
-                        "--contention", "cpu:2", "--json", "--report", str(tmp_path)],
+                        "300", "--duration", "4s", "--scenarios", "ainative",
+                        "--contention", "cpu:2", "--rounds", "2", "--json", "--report",
+                        str(tmp_path)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)["scenarios"]["ainative"]
+    rep = json.loads(r.stdout)
+    res = rep["scenarios"]["ainative"]
     assert "error" not in res, res
+    # Two rounds of 2 s, merged: both rounds' requests are in the merged figures.
+    assert rep["rounds"] == 2 and len(res["rounds"]) == 2
+    assert res["completed"] == sum(x["completed"] for x in res["rounds"]) > 2 * 300
+    assert "p99 ms by round" in (tmp_path / "report.md").read_text()
     a = res["ainative"]
     # The daemon found the model server by itself (no rule, no registration, no
     # environment variable names it): by its runtime and its listening socket.
@@ -141,7 +147,7 @@ def test_a_failing_scenario_is_reported_not_fatal(tmp_path: Path) -> None:
 def test_sigint_during_compare_still_writes_the_report(tmp_path: Path) -> None:
     p = subprocess.Popen([*AINATIVE, "stress", "--compare", "--model", "mlp-small", "--rate",
                           "200", "--duration", "20s", "--scenarios", "alone,contended",
-                          "--report", str(tmp_path)],
+                          "--rounds", "1", "--report", str(tmp_path)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)  # well into the first scenario's measurement
     p.send_signal(signal.SIGINT)

@@ -62,7 +62,7 @@ def _print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ainative.stress.report import HEADER, errors, table_rows
+    from ainative.stress.report import HEADER, errors, round_lines, table_rows
 
     t = Table(title="latency from scheduled time (open loop)")
     for h in HEADER:
@@ -73,6 +73,10 @@ def _print_table(report: dict[str, Any]) -> None:
     console.print(t)
     for name in report["scenarios"]:
         console.print(f"  {name:10s} {DESCRIPTIONS.get(name, '')}", highlight=False)
+    lines = round_lines(report)
+    if lines:
+        console.print(f"p99 ms by round ({report['rounds']} rounds, each row merges them): "
+                      + "; ".join(lines), highlight=False)
     for e in errors(report):
         console.print(Text("error ", style="red") + Text(e))
     v = report.get("verdict") or {}
@@ -136,6 +140,10 @@ def _extra_lines(r: dict[str, Any]) -> list[str]:
 @click.option("--compare", is_flag=True, help="Run alone/contended/ainative/nice/chrt/cgroup.")
 @click.option("--scenarios", default=",".join(SCENARIOS), show_default=True,
               help="Which --compare scenarios to run, comma-separated.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="With --compare: run the scenarios in turn this many times, each for "
+                   "duration/rounds, and merge, so a stretch of machine noise is shared "
+                   "out rather than landing on one scenario.")
 @click.option("--report", "report_dir", default=None, metavar="DIR",
               help="Write report.json, report.md and latency.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -152,7 +160,7 @@ def _extra_lines(r: dict[str, Any]) -> list[str]:
                    "(e.g. 64M) and report its stats.")
 def stress(model: str, batch: int, threads: int, device: str, rate: float, duration: str,
            workers: int, contention: tuple[str, ...], compare: bool, scenarios: str,
-           report_dir: str | None, as_json: bool, progress_interval: float,
+           rounds: int, report_dir: str | None, as_json: bool, progress_interval: float,
            warmup: str | None,
            max_queue: str, pool: str | None) -> None:
     """Real ONNX Runtime inference at a fixed rate, measured from each request's scheduled
@@ -194,7 +202,7 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
                               batch=batch, threads=threads, device=device, workers=workers,
                               warmup_s=warmup_s, max_queue_s=max_queue_s, pool=pool_size)
         if compare:
-            report = _compare(wcfg, conts, chosen, tmp, as_json)
+            report = _compare(wcfg, conts, chosen, tmp, as_json, rounds)
             keep_tmp = bool(errors(report))
         else:
             report = _single(wcfg, conts, dur, progress_interval, as_json, tmp)
@@ -221,7 +229,7 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
 
 
 def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], workdir: str,
-             quiet: bool) -> dict[str, Any]:
+             quiet: bool, rounds: int) -> dict[str, Any]:
     from ainative.stress import models
     from ainative.stress.compare import run_compare
     from ainative.stress.config import choose_workers
@@ -242,9 +250,10 @@ def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], wo
                                         else "error: " + r["error"]), err=True)
 
     if not quiet:
-        click.echo(f"comparing {len(chosen)} scenarios, {wcfg.duration:g} s each "
+        turns = f" in {rounds} rounds of {wcfg.duration / rounds:g} s" if rounds > 1 else ""
+        click.echo(f"comparing {len(chosen)} scenarios, {wcfg.duration:g} s each{turns} "
                    f"(contention {', '.join(c.label for c in conts)}) ...", err=True)
-    return run_compare(wcfg, conts, workdir, chosen, on_result=done)
+    return run_compare(wcfg, conts, workdir, chosen, on_result=done, rounds=rounds)
 
 
 def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,

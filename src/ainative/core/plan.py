@@ -56,7 +56,7 @@ def state_of(sup: Supervisor, m: Managed) -> str:
         return "paused after `ainative restore` (`ainative resume` to manage again)"
     cfg = sup.activity.config
     if cls is not None and cls.serving:
-        return (f"waiting: a serving process is boosted only while busy (at least "
+        return (f"waiting: a serving process is protected only while busy (at least "
                 f"{cfg.min_cpu_percent:g}% of a CPU over {cfg.window_s:g} s); idle now")
     if cls is not None and cls.only_while_serving_active:
         return f"waiting: class {m.cls} applies only while a serving process is busy"

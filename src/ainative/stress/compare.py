@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from ainative.stress.catalog import SCENARIOS
 from ainative.stress.config import WorkloadConfig
 from ainative.stress.contention import Scenario
 from ainative.stress.leader import ScenarioError, wait_line
+from ainative.stress.rounds import merge_rounds
 
 
 class Interrupted(Exception):
@@ -251,31 +252,45 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run_compare(wcfg: WorkloadConfig, contention: list[Scenario], workdir: str,
                 scenarios: tuple[str, ...] = SCENARIOS, use_stress_ng: bool | None = None,
-                on_result: Callable[[str, dict[str, Any]], None] | None = None
-                ) -> dict[str, Any]:
-    results: dict[str, dict[str, Any]] = {}
+                on_result: Callable[[str, dict[str, Any]], None] | None = None,
+                rounds: int = 1) -> dict[str, Any]:
+    """Each scenario for wcfg.duration in all, in ``rounds`` turns of duration/rounds
+    (rounds.py says why), merged per scenario; on_result sees each merged scenario."""
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    per_round = replace(wcfg, duration=wcfg.duration / rounds)
+    parts: dict[str, list[dict[str, Any]]] = {n: [] for n in scenarios}
     interrupted = False
-    for name in scenarios:
-        try:
-            results[name] = run_scenario(name, wcfg, contention, os.path.join(workdir, name),
-                                         use_stress_ng)
-        except Interrupted as e:
-            results[name] = e.result
-            interrupted = True
-        except KeyboardInterrupt:
-            interrupted = True
-        except ScenarioError as e:
-            results[name] = {"error": str(e)}
-        except Exception as e:  # one broken scenario must not take the others with it
-            results[name] = {"error": f"{type(e).__name__}: {e}"}
-        if on_result is not None and name in results:
-            on_result(name, results[name])
+    for rnd in range(rounds):
+        for name in scenarios:
+            if parts[name] and "error" in parts[name][-1]:
+                continue  # a failed scenario is not run again
+            where = os.path.join(workdir, name if rounds == 1 else f"{name}-{rnd + 1}")
+            try:
+                res = run_scenario(name, per_round, contention, where, use_stress_ng)
+            except Interrupted as e:
+                res, interrupted = e.result, True
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            except ScenarioError as e:
+                res = {"error": str(e)}
+            except Exception as e:  # one broken scenario must not take the others with it
+                res = {"error": f"{type(e).__name__}: {e}"}
+            parts[name].append(res)
+            final = rnd == rounds - 1 or interrupted or "error" in res
+            if final and on_result is not None:
+                on_result(name, merge_rounds(parts[name]))
+            if interrupted:
+                break
         if interrupted:
             break
+    results = {n: merge_rounds(p) for n, p in parts.items() if p}
     return {
         "config": asdict(wcfg),
         "contention": [s.label for s in contention],
         "machine": machine_info(),
+        "rounds": rounds,
         "scenarios": results,
         "interrupted": interrupted,
         "verdict": verdict(results),

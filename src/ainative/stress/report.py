@@ -37,6 +37,12 @@ def errors(report: dict[str, Any]) -> list[str]:
     return [f"{n}: {r['error']}" for n, r in report["scenarios"].items() if "error" in r]
 
 
+def round_lines(report: dict[str, Any]) -> list[str]:
+    """Each scenario's p99 in each of its rounds: how much the rounds differed."""
+    return [f"{name}: " + " / ".join(f"{x['p99_ms']:.2f}" for x in r["rounds"])
+            for name, r in report["scenarios"].items() if r.get("rounds")]
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
@@ -59,6 +65,11 @@ def markdown(report: dict[str, Any]) -> str:
     for name, r in report["scenarios"].items():
         row = [c.replace("|", "\\|") for c in _row(name, r)]
         lines.append("| " + " | ".join(row) + f" | {DESCRIPTIONS.get(name, '')} |")
+    if report.get("rounds", 1) > 1:
+        lines += ["", f"The scenarios ran in turn, {report['rounds']} rounds of "
+                      f"{cfg['duration'] / report['rounds']:g} s; each row merges its rounds' "
+                      "histograms. p99 ms by round:", "",
+                  *(f"- {ln}" for ln in round_lines(report))]
     errs = errors(report)
     if errs:
         lines += ["", "Scenarios that failed:", "", *(f"- {e}" for e in errs)]

@@ -52,9 +52,11 @@ class ClientFigures(TypedDict):
 def workload_result(cfg: WorkloadConfig, load: LoadResult, workers: int,
                     server: ServerReport, client: ClientFigures) -> dict[str, Any]:
     from ainative.stress.metrics import distribution
+    from ainative.stress.rounds import encode_histogram
 
     out = load.to_json()
     out.update({
+        "histogram": encode_histogram(load.histogram),  # for merging rounds
         "config": asdict(cfg),
         "workers": workers,
         "service_time_ms": server["service_time_ms"],

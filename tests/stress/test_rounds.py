@@ -1,0 +1,53 @@
+"""Merging a scenario's rounds: histograms add (p99 of all requests, not a mean of p99s),
+counts and seconds sum, a failed round fails the scenario. Real HdrHistograms, recorded
+with known latencies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ainative.stress.metrics import new_histogram, summarise
+from ainative.stress.rounds import encode_histogram, merge_rounds
+
+
+def round_result(latencies_us: list[int], late: int, rq: float) -> dict[str, Any]:
+    h = new_histogram()
+    for v in latencies_us:
+        h.record_value(v)
+    return {"scheduled": len(latencies_us), "completed": len(latencies_us), "late": late,
+            "dropped": 0, "errors": 0, "elapsed_s": 1.0, "throughput_per_s": 0.0,
+            "latency": summarise(h), "histogram": encode_histogram(h),
+            "resources": {"run_queue_wait_s": rq, "cpu_user_s": 0.5, "cpu_system_s": 0.1,
+                          "peak_rss_mib": 80.0},
+            "contention_cpu_s": 1.9, "sched": {"nice": 0}}
+
+
+def test_rounds_merge_into_the_percentiles_of_every_request() -> None:
+    # Round 1: 985 fast requests and 15 slow; round 2: all fast. Merged, 15 of 2000 are
+    # slow (0.75 %): p99 is fast although round 1's own p99 (1.5 % slow) is slow.
+    r1 = round_result([300] * 985 + [20_000] * 15, late=10, rq=0.25)
+    r2 = round_result([310] * 1000, late=1, rq=0.5)
+    assert r1["latency"]["p99_ms"] > 10
+    m = merge_rounds([r1, r2])
+    assert m["completed"] == 2000 and m["late"] == 11
+    assert m["resources"]["run_queue_wait_s"] == pytest.approx(0.75)
+    assert m["contention_cpu_s"] == pytest.approx(3.8)
+    assert m["resources"]["peak_rss_mib"] == 80.0  # not a sum: the last round's
+    assert m["latency"]["p99_ms"] < 0.4
+    assert m["latency"]["max_ms"] == pytest.approx(20.0, rel=0.01)
+    assert m["throughput_per_s"] == pytest.approx(1000.0)
+    assert [x["p99_ms"] for x in m["rounds"]] == [r1["latency"]["p99_ms"],
+                                                  r2["latency"]["p99_ms"]]
+    # Merging is by histogram, not an average: the merged p99.9 sits in the slow mode.
+    assert m["latency"]["p99_9_ms"] > 10
+
+
+def test_a_failed_round_fails_the_scenario_and_one_round_is_itself() -> None:
+    ok = round_result([300] * 100, late=0, rq=0.0)
+    bad = {"error": "the model server exited"}
+    assert merge_rounds([ok, bad])["error"] == "round 2 of 2: the model server exited"
+    assert merge_rounds([ok]) is ok
+    with pytest.raises(ValueError):
+        merge_rounds([])
