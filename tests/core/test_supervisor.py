@@ -32,12 +32,16 @@ class Clock:
 
 # The built-in inference class raises only the I/O priority; these tests follow knobs
 # through threads, children, crashes and reloads, so their inference class also raises the
-# CPU priority, as an operator whose clients are remote would set it.
+# CPU priority, as an operator whose clients are remote would set it (and background
+# uses every demotion knob).
 BOOSTING = """
 [classes.inference]
 nice = -10
 cgroup = true
 cpu_weight = 10000
+[classes.background]
+policy = "idle"
+cpu_idle = true
 """
 
 

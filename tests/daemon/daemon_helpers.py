@@ -252,8 +252,17 @@ class DaemonProc:
 # Most end-to-end tests are about applying, following and undoing knobs, not about when:
 # their daemon applies every class whether or not a serving process is busy (settings an
 # operator may choose too), and their inference class raises the CPU priority the way an
-# operator whose clients are remote would set it, so that there is something per thread to
+# operator whose clients are remote would set it, and their background class uses the idle
+# policy and cpu.idle, so that every knob has something per thread and per group to
 # follow. Activity and the defaults are tested with always_on=False.
+# The background class with every demotion knob (the built-in one sets neither: README,
+# "Why background is not SCHED_IDLE"), for tests of those knobs under the built-in activity.
+IDLE_BACKGROUND = """
+[classes.background]
+policy = "idle"
+cpu_idle = true
+"""
+
 ALWAYS_ON_RULES = """
 [classes.inference]
 serving = false
@@ -264,6 +273,8 @@ cpu_weight = 10000
 only_while_serving_active = false
 [classes.background]
 only_while_serving_active = false
+policy = "idle"
+cpu_idle = true
 """
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import (
+    IDLE_BACKGROUND,
     ONNX_CHILD,
     THREADED_CHILD,
     Children,
@@ -343,7 +344,7 @@ def test_background_is_demoted_only_while_inference_runs(
     exe = tmp_path / "stress-ng"
     exe.symlink_to(sys.executable)
     hog = children.spawn([str(exe), "-c", THREADED_CHILD, "1"])
-    d = start_daemon(always_on=False)
+    d = start_daemon(always_on=False, rules_text=IDLE_BACKGROUND)
     d.wait_task(hog.pid, cls="background", active=False)
     assert nice_of(hog.pid, hog.pid) == 0
     inf = children.python(ONNX_CHILD)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import (
+    IDLE_BACKGROUND,
     ONNX_CHILD,
     THREADED_CHILD,
     Children,
@@ -262,7 +263,7 @@ def test_kill9_after_everything_was_lifted_leaves_idle_group_that_restart_reuses
     group as the crash left it, cpu.idle=1, and must set it up without EINVAL."""
     bg = children.python(THREADED_CHILD, "1", env={"AINATIVE_CLASS": "background"})
     inf = children.python(ONNX_CHILD)
-    d = start_daemon(always_on=False)
+    d = start_daemon(always_on=False, rules_text=IDLE_BACKGROUND)
     d.wait_task(bg.pid, cls="background", active=True)
     inf.kill()
     inf.wait()
@@ -273,7 +274,7 @@ def test_kill9_after_everything_was_lifted_leaves_idle_group_that_restart_reuses
             if (g / "cpu.idle").exists()]
     assert idle and all(p.read_text().strip() == "1" for p in idle), "no crash-left idle group"
     inf2 = children.python(ONNX_CHILD)
-    d2 = start_daemon(always_on=False)
+    d2 = start_daemon(always_on=False, rules_text=IDLE_BACKGROUND)
     d2.wait_task(inf2.pid, cls="inference")
     d2.wait_task(bg.pid, cls="background", active=True)
     assert wait_until(lambda: f"/{d2.cgroup_root}.background" in cgroups_of(bg.pid).values())
