@@ -6,6 +6,7 @@ import click
 
 from ainative import __version__
 from ainative.cli.core_cmds import register_core_commands
+from ainative.cli.gpu_cmd import gpu
 from ainative.cli.plan_cmd import plan
 from ainative.cli.pool_cmd import pool
 from ainative.cli.stress_cmd import stress
@@ -21,3 +22,4 @@ register_core_commands(main)
 main.add_command(stress)
 main.add_command(pool)
 main.add_command(plan)
+main.add_command(gpu)
