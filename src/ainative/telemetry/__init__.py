@@ -1,0 +1,1 @@
+"""Telemetry: one event schema (events.py) and its sources and sinks."""
