@@ -132,23 +132,27 @@ SERVING_CHILD = textwrap.dedent("""
         for line in f:
             s.run(None, {"x": x}); f.write(b"ok\\n"); f.flush()
     def serve():
+        # Bound and listening before this returns: "listening" (and a client's connect)
+        # must never race the accept thread's start.
         ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ls.bind(name); ls.listen(16)
-        while True:
-            c, _ = ls.accept()
-            threading.Thread(target=handle, args=(c,), daemon=True).start()
+        def accept():
+            while True:
+                c, _ = ls.accept()
+                threading.Thread(target=handle, args=(c,), daemon=True).start()
+        threading.Thread(target=accept, daemon=True).start()
     def busy():
         while True:
             s.run(None, {"x": x}); time.sleep(0.002)
     args = sys.argv[1:] or ["listen", "busy"]
     if args[0] == "listen":
-        threading.Thread(target=serve, daemon=True).start()
+        serve()
     if args[1] == "busy":
         threading.Thread(target=busy, daemon=True).start()
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "listen":
-            threading.Thread(target=serve, daemon=True).start()
+            serve()
             print("listening", flush=True)
         elif line.strip() == "fork":  # a child that execs an unrelated program
             pid = os.fork()
@@ -284,9 +288,11 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
 
     def start(*extra: str, scope: int | None = None, state: str = "state",
               rules_text: str | None = None, wait: bool = True,
-              sock: str | None = None, always_on: bool = True) -> DaemonProc:
+              sock: str | None = None, always_on: bool = True,
+              metrics: str = "off") -> DaemonProc:
         """always_on: ALWAYS_ON_RULES go on top of the built-in rules and rules_text;
-        tests of activity and of the defaults turn it off."""
+        tests of activity and of the defaults turn it off. metrics: --metrics-address
+        ("127.0.0.1:0" for a free port; status says which)."""
         n = len(started)
         if always_on:
             extra_rules = tmp_path / f"always-on{n}.toml"
@@ -298,7 +304,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
                           extra_args=("--reconcile-interval", "0.2", *extra),
                           state_dir=str(tmp_path / state),
                           socket_path=sock or str(tmp_path / f"d{n}.sock"),
-                          log_path=str(tmp_path / f"daemon{n}.log"))
+                          log_path=str(tmp_path / f"daemon{n}.log"),
+                          metrics_address=metrics)
         started.append(sd)
         try:
             sd.start(wait=wait, timeout=15)
