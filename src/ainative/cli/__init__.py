@@ -10,6 +10,7 @@ from ainative.cli.gpu_cmd import gpu
 from ainative.cli.plan_cmd import plan
 from ainative.cli.pool_cmd import pool
 from ainative.cli.stress_cmd import stress
+from ainative.cli.trace_cmd import trace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,3 +24,4 @@ main.add_command(stress)
 main.add_command(pool)
 main.add_command(plan)
 main.add_command(gpu)
+main.add_command(trace)

@@ -16,11 +16,19 @@ import struct
 from typing import Any
 
 DEFAULT_SOCKET = "/run/ainative/ainative.sock"
+# Where in-process spans send their events (datagrams; ainative.telemetry.collector binds
+# it): beside the control socket, overridden by AINATIVE_EVENTS in the traced process.
+DEFAULT_EVENTS_SOCKET = "/run/ainative/events.sock"
 MAX_MESSAGE = 1 << 20
 
 
 def default_socket_path() -> str:
     return os.environ.get("AINATIVE_SOCKET", DEFAULT_SOCKET)
+
+
+def default_events_path() -> str:
+    """The events socket a traced process sends its spans to."""
+    return os.environ.get("AINATIVE_EVENTS") or DEFAULT_EVENTS_SOCKET
 
 
 class DaemonError(Exception):
