@@ -66,7 +66,9 @@ class Host:
                 "paused": self.supervisor.engine.paused, "scope_pid": None,
                 "events": "fuzz", "event_overruns": 0, "rules": self.supervisor.rules.sources,
                 "last_reload_error": None, "recovered": None, "journal_unusable": 0,
-                "clients": 0, "clients_refused": 0, "clients_expired": 0}
+                "clients": 0, "clients_refused": 0, "clients_expired": 0,
+                "metrics": {"address": None, "url": None, "loopback": None, "refused": 0},
+                "event_sink_failures": 0}
 
     def mechanisms(self) -> list[dict[str, Any]]:
         return [{"name": "fake", "available": True, "detail": "in-memory backend"}]

@@ -140,7 +140,8 @@ def run_daemon(*args: str, state_dir: str | Path, sock: str | Path,
     failed) when it starts after all."""
     argv = [sys.executable, "-m", "ainative", "daemon", "--scope-descendants",
             str(os.getpid()), "--rules-dir", "", "--cgroup-root", CG_ROOT,
-            "--state-dir", str(state_dir), "--socket", str(sock), *args]
+            "--state-dir", str(state_dir), "--socket", str(sock), "--metrics-address", "off",
+            *args]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = p.communicate(timeout=timeout)

@@ -358,7 +358,8 @@ NS_DRIVER = textwrap.dedent("""
                           "--state-dir", os.path.join(tmp, "ns-state"), "--rules-dir", "",
                           "--cgroup-root", cg_root, "--no-cgroups",
                           "--rules", os.path.join(tmp, "ns-rules.toml"),
-                          "--reconcile-interval", "0.2", "--log-format", "json"],
+                          "--reconcile-interval", "0.2", "--log-format", "json",
+                          "--metrics-address", "off"],
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     c = Client(sock, timeout=5)
     end = time.monotonic() + 15

@@ -18,6 +18,13 @@ socket_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+class OptionError(click.ClickException):
+    """A bad option value: one line (the message names the option and the fix), no usage
+    text, the exit status of a usage error."""
+
+    exit_code = 2
+
+
 def _client(socket_path: str | None) -> Client:
     return Client(socket_path or default_socket_path())
 
@@ -52,6 +59,11 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
                    "members and root may connect).")
 @click.option("--reconcile-interval", default=1.0, show_default=True,
               help="Seconds between checks for new threads and manual changes.")
+@click.option("--metrics-address", "metrics_address", default=None, metavar="HOST:PORT|off",
+              help="Where to serve Prometheus metrics (/metrics). Default 127.0.0.1:9464 "
+                   "(loopback); port 0 takes a free port (`ainative status` shows it); "
+                   "'off' serves none. Another address than loopback is logged as a "
+                   "warning: the metrics name local processes.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -59,12 +71,17 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
 def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: str | None,
            scope: int | None, dry_run: bool, no_cgroups: bool, cgroup_root: str,
            socket_mode: str, socket_group: str | None, reconcile_interval: float,
-           log_format: str, log_level: str) -> None:
+           metrics_address: str | None, log_format: str, log_level: str) -> None:
     """Run the daemon in the foreground. SIGTERM/SIGINT undo every change and exit."""
     from ainative import log
+    from ainative.daemon.exporter import DEFAULT_ADDRESS, AddressError, parse_address
     from ainative.daemon.server import Daemon, DaemonConfig, StartupError
 
     log.setup(log_format, log_level)
+    try:
+        metrics = parse_address(metrics_address or DEFAULT_ADDRESS)
+    except AddressError as e:
+        raise OptionError(str(e)) from None
     try:
         mode = int(socket_mode, 8)
         if not 0 <= mode <= 0o777:
@@ -77,6 +94,7 @@ def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: 
         socket_path=socket_path or default_socket_path(), socket_mode=mode,
         socket_group=socket_group, scope_pid=scope, dry_run=dry_run,
         reconcile_interval=reconcile_interval, cgroup_root=cgroup_root, cgroups=not no_cgroups,
+        metrics_address=metrics,
     )
     try:
         d = Daemon(cfg)

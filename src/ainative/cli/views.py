@@ -29,6 +29,12 @@ def render_status(st: dict[str, Any]) -> None:
     scope = f", scope: descendants of {d['scope_pid']}" if d.get("scope_pid") else ""
     console.print(f"[bold]ainative {st['version']}[/] daemon pid {d['pid']}, up "
                   f"{d['uptime_s']}s, {mode}events: {d['events']}{scope}")
+    metrics = d.get("metrics") or {}
+    if metrics.get("url"):
+        exposed = "" if metrics.get("loopback") else " [yellow](not loopback)[/]"
+        console.print(f"metrics: {metrics['url']}{exposed}")
+    else:
+        console.print("metrics: off")
     if d.get("last_reload_error"):
         console.print(f"[red]last reload failed (old rules in force):[/] {d['last_reload_error']}")
 

@@ -11,6 +11,11 @@ Children and threads inherit what ainative set on their creator. Those it manage
 are journaled with the creator's original values; those it does not are put back: on
 fork while the daemon runs, and on every restore (also after a crash) by walking the
 journaled processes' threads and descendants and the members of ainative's own groups.
+
+Beside its log line, each classification, each knob written and each value put back (or
+let go after a manual override) is reported as a typed telemetry event
+(telemetry/events.py) through the sink the daemon passes in (telemetry/sink.py): one
+event per thread and knob, only for writes that happened (never in a dry run).
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ from ainative.core.journal import Change, Journal
 from ainative.core.knobs import THREAD_KNOBS, comparable, describe
 from ainative.platform.backend import Backend
 from ainative.platform.base import ProcessGone, TaskId
+from ainative.telemetry.events import (
+    MAX_LIST,
+    MAX_TEXT,
+    AiTaskRegistered,
+    PolicyApplied,
+    PolicyRestored,
+)
+from ainative.telemetry.sink import NULL_SINK, EventSink, restore_why
 
 
 def thread_targets(cls: ClassPolicy) -> dict[str, Any]:
@@ -110,6 +123,7 @@ class Engine:
         cgroups_enabled: bool = True,
         clock: Callable[[], float] = time.time,
         busy: Callable[[TaskId], bool] = lambda _ident: True,
+        sink: EventSink = NULL_SINK,
     ) -> None:
         self.backend = backend
         self.journal = journal
@@ -119,6 +133,8 @@ class Engine:
         self.clock = clock
         # Whether a serving process is busy now (the supervisor's activity tracker).
         self.busy = busy
+        # Where each classification, knob write and undo is reported (telemetry/sink.py).
+        self.sink = sink
         self.managed: dict[TaskId, Managed] = {}
         self.paused = False
         self._cgroup_paths: dict[str, dict[str, str]] = {}
@@ -166,6 +182,9 @@ class Engine:
         self.managed[decision.ident] = m
         log.event("classified", pid=m.ident.pid, name=m.name, cls=m.cls,
                   signals=[s.detail for s in decision.matched_signals])
+        self.sink.emit(AiTaskRegistered(
+            time.time_ns(), m.ident.pid, m.ident.pid, m.cls, m.name[:MAX_TEXT],
+            tuple(s.detail[:MAX_TEXT] for s in decision.matched_signals[:MAX_LIST])))
         # Only m can change state here: a serving m that is applied turns on what waits
         # for serving itself (activate cascades), so no pass over every managed process.
         if self._should_be_active(m):
@@ -254,7 +273,8 @@ class Engine:
 
     def deactivate(self, m: Managed, why: str) -> None:
         self._catch_up(m)
-        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin})
+        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin},
+                                 why=restore_why("lifted", why))
         m.owned.clear()
         m.threads.clear()
         m.active = False
@@ -338,10 +358,17 @@ class Engine:
                 self.backend.set_knob(tid, knob, target)
             except ProcessGone:
                 self._close(m, c, "gone")
+                continue
             except (PermissionError, OSError, ValueError) as e:
                 self._close(m, c, "failed")
                 m.errors[knob] = f"{type(e).__name__}: {e}"
                 log.warn("apply_failed", pid=m.ident.pid, tid=tid, knob=knob, error=str(e))
+                continue
+            self.sink.emit(PolicyApplied(time.time_ns(), m.ident.pid, tid, knob,
+                                         _shown(knob, c.old), _shown(knob, target), m.cls))
+
+    def _restored(self, pid: int, tid: int, knob: str, value: Any, why: str) -> None:
+        self.sink.emit(PolicyRestored(time.time_ns(), pid, tid, knob, _shown(knob, value), why))
 
     def _close(self, m: Managed, c: Change, reason: str) -> None:
         m.owned.pop((c.task.pid, c.knob), None)
@@ -358,6 +385,7 @@ class Engine:
         if self.dry_run or not parent.active:
             return 0
         n = 0
+        why = restore_why("inherited", f"from managed parent {parent.ident.pid}")
         try:
             for tid in self.backend.list_threads(pid):
                 for knob, target in parent.targets.items():
@@ -368,6 +396,7 @@ class Engine:
                         continue
                     if self.backend.get_knob(tid, knob) == target:
                         self.backend.set_knob(tid, knob, base)
+                        self._restored(pid, tid, knob, base, why)
                         n += 1
             if "cgroup" in parent.targets and "cgroup" in parent.baseline and (
                     "cgroup" not in keep):
@@ -375,6 +404,7 @@ class Engine:
                 target = parent.targets["cgroup"]
                 if comparable(cur, target) == target:
                     self.backend.set_knob(pid, "cgroup", parent.baseline["cgroup"])
+                    self._restored(pid, pid, "cgroup", parent.baseline["cgroup"], why)
                     n += 1
         except (ProcessGone, PermissionError, OSError, ValueError):
             pass
@@ -436,6 +466,8 @@ class Engine:
                 what = f"thread {tid}: {describe(knob, c.new)} -> {describe(knob, cur)}"
                 m.overridden[knob] = what
                 self._close(m, c, "released")
+                self.sink.emit(PolicyRestored(time.time_ns(), m.ident.pid, tid, knob,
+                                              _shown(knob, cur), restore_why("override", what)))
                 log.warn("manual_override", pid=m.ident.pid, name=m.name, knob=knob,
                          change=what, action="backing off: ainative leaves this knob alone "
                          "for this process and will not restore it")
@@ -457,7 +489,8 @@ class Engine:
             return UndoReport()
         self._catch_up(m)
         del self.managed[ident]
-        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin})
+        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin},
+                                 why=restore_why("restored", why))
         self._unpin(m)
         log.event("unmanaged", pid=ident.pid, name=m.name, cls=m.cls, why=why, undone=rep.undone)
         if m.active and self._serving(m):
@@ -493,7 +526,10 @@ class Engine:
     # --- undoing ---
 
     def _undo_changes(self, changes: list[Change],
-                      pins: dict[TaskId, int | None] | None = None) -> UndoReport:
+                      pins: dict[TaskId, int | None] | None = None, *,
+                      why: str) -> UndoReport:
+        """Write back each change's old value where the task and the value are still
+        the ones ainative set; ``why`` goes with each PolicyRestored event."""
         rep = UndoReport()
         closes: dict[str, list[int]] = {"undone": [], "gone": [], "skipped": [], "failed": []}
         pins = pins if pins is not None else {m.ident: m.pin for m in self.managed.values()}
@@ -517,6 +553,7 @@ class Engine:
                 self.backend.set_knob(tid, c.knob, c.old)
                 rep.undone += 1
                 closes["undone"].append(c.seq)
+                self._restored(c.proc.pid, tid, c.knob, c.old, why)
             except ProcessGone:
                 rep.skipped_gone += 1
                 closes["gone"].append(c.seq)
@@ -530,14 +567,14 @@ class Engine:
                     self.journal.close(seqs, reason)
         return rep
 
-    def restore_all(self, pause: bool = True) -> UndoReport:
+    def restore_all(self, pause: bool = True, why: str = "restore requested") -> UndoReport:
         """Undo every change in force: those of this run and any left by a crashed one."""
         rep = UndoReport()
         for m in list(self.managed.values()):
             self._catch_up(m)
         if self.journal is not None:
             changes = self.journal.in_force()
-            rep = self._undo_changes(changes)
+            rep = self._undo_changes(changes, why=restore_why("restored", why))
             if not self.dry_run:
                 self._put_back_inherited(changes, rep)
             self.journal.compact()
@@ -577,11 +614,14 @@ class Engine:
             return None
 
         for proc in live:
-            self._reset_values(proc.pid, origin[proc], journaled, rep, proc)
+            self._reset_values(proc.pid, origin[proc], journaled, rep, proc,
+                               restore_why("inherited", "by a thread created after the "
+                                           "change"))
         for pid in parents:
             anc = ancestor(pid)
             if anc is not None:
-                self._reset_values(pid, origin[anc], journaled, rep, None)
+                self._reset_values(pid, origin[anc], journaled, rep, None,
+                                   restore_why("inherited", f"from managed ancestor {anc.pid}"))
         try:
             strays = self.backend.cgroup_members()
         except (OSError, ValueError) as e:
@@ -597,6 +637,8 @@ class Engine:
             try:
                 self.backend.set_knob(pid, "cgroup", old)
                 rep.inherited += 1
+                self._restored(pid, pid, "cgroup", old,
+                               restore_why("inherited", "left in ainative's group"))
             except ProcessGone:
                 continue
             except (PermissionError, OSError, ValueError) as e:
@@ -620,7 +662,7 @@ class Engine:
 
     def _reset_values(self, pid: int, values: dict[str, tuple[Any, Any]],
                       journaled: set[tuple[int, int]], rep: UndoReport,
-                      proc: TaskId | None) -> None:
+                      proc: TaskId | None, why: str) -> None:
         """Put back, on every thread of pid not journaled itself, each thread knob whose
         value is still what ainative set on the origin (and the cgroup for a child)."""
         try:
@@ -635,11 +677,13 @@ class Engine:
                     if self.backend.get_knob(tid, knob) == new and old != new:
                         self.backend.set_knob(tid, knob, old)
                         rep.inherited += 1
+                        self._restored(pid, tid, knob, old, why)
             if proc is None and "cgroup" in values:
                 old, new = values["cgroup"]
                 if comparable(self.backend.get_knob(pid, "cgroup"), new) == new:
                     self.backend.set_knob(pid, "cgroup", old)
                     rep.inherited += 1
+                    self._restored(pid, pid, "cgroup", old, why)
         except ProcessGone:
             return
         except (PermissionError, OSError, ValueError) as e:
@@ -652,3 +696,9 @@ class Engine:
             if not m.active and self._should_be_active(m):
                 self.activate(m)
         self.update_activation()
+
+
+def _shown(knob: str, value: Any) -> str:
+    """A knob's value as an event carries it: as `status` shows it, within the schema's
+    limit on text."""
+    return describe(knob, value)[:MAX_TEXT]

@@ -29,6 +29,7 @@ from ainative.core.journal import Journal
 from ainative.core.rules import RuleSet
 from ainative.platform.backend import Backend
 from ainative.platform.base import ProcessGone, ProcEvent, TaskId
+from ainative.telemetry.sink import NULL_SINK, EventSink
 
 # Pending library re-checks are kept in a heap; entries of exited processes are dropped
 # lazily, and the heap is rebuilt when it holds this many times more entries than live
@@ -66,7 +67,10 @@ class Supervisor:
         *,
         gpu_pids: Callable[[], set[int]] = set,
         clock: Callable[[], float] = time.monotonic,
+        sink: EventSink = NULL_SINK,
     ) -> None:
+        """``sink``: where the engine reports each classification, knob write and undo
+        as a telemetry event (the daemon's sinks; nothing by default)."""
         self.backend = backend
         self.rules = rules
         self.cfg = config
@@ -76,7 +80,8 @@ class Supervisor:
             scope_pid=config.scope_pid, gpu_pids=gpu_pids, clock=clock)
         self.activity = ActivityTracker(activity_config(rules))
         self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
-                             cgroups_enabled=config.cgroups, busy=self.activity.busy)
+                             cgroups_enabled=config.cgroups, busy=self.activity.busy,
+                             sink=sink)
         self._next_sample: float | None = None
         # Whether any process's activity is watched: the loop wakes for activity ticks only
         # then (set when one is managed, recomputed at each tick), so an idle daemon with
@@ -95,14 +100,14 @@ class Supervisor:
         journal = self.engine.journal
         if journal is None or not journal.in_force():
             return None
-        rep = self.engine.restore_all(pause=False)
+        rep = self.engine.restore_all(pause=False, why="crash recovery")
         self._cleanup()
         return rep
 
     def stop(self) -> UndoReport:
         """Undo everything (children and threads that inherited included), remove the
         empty groups, release every pin."""
-        rep = self.engine.restore_all(pause=True)
+        rep = self.engine.restore_all(pause=True, why="daemon stopping")
         self._cleanup()
         for ident in list(self.engine.managed):
             self.engine.forget(ident, "daemon stopping")
@@ -348,7 +353,7 @@ class Supervisor:
         return m
 
     def restore(self) -> UndoReport:
-        rep = self.engine.restore_all(pause=True)
+        rep = self.engine.restore_all(pause=True, why="restore requested")
         self._cleanup()
         return rep
 

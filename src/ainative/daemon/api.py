@@ -65,6 +65,15 @@ TaskView = TypedDict("TaskView", {
 })
 
 
+class MetricsView(TypedDict):
+    """The Prometheus endpoint: all None (and refused 0) with --metrics-address off."""
+
+    address: str | None  # as bound: the real port when 0 was asked for
+    url: str | None
+    loopback: bool | None
+    refused: int  # scrapes closed unanswered: more than the exporter's limit at once
+
+
 class DaemonView(TypedDict):
     pid: int
     started: float
@@ -81,6 +90,8 @@ class DaemonView(TypedDict):
     clients: int
     clients_refused: int
     clients_expired: int
+    metrics: MetricsView
+    event_sink_failures: int  # events a telemetry sink failed on (dropped)
 
 
 class Host(Protocol):

@@ -5,6 +5,11 @@ One thread, one select loop: process events (netlink or poll), socket clients, s
 single thread keeps every change ordered and the journal simple. What an event means is
 the supervisor's job (core/supervisor.py), what a request means the API's (api.py), and
 how clients are framed and limited the transport's (transport.py).
+
+Two helper threads never touch that state: the Prometheus endpoint (exporter.py) serves
+scrapes from snapshots the loop publishes (metrics.py), and the GPU sampler
+(gpusampler.py) reads NVML away from the loop. Telemetry events (the engine's policy
+actions, the sampler's GPU samples) reach their sinks from the loop, through one Fanout.
 """
 
 from __future__ import annotations
@@ -25,15 +30,24 @@ from ainative.core.journal import Journal, JournalError, make_validator
 from ainative.core.rules import DEFAULT_RULES_DIR, RuleSet, load_rules
 from ainative.core.supervisor import Supervisor, SupervisorConfig
 from ainative.daemon import statedir
-from ainative.daemon.api import Api, DaemonView
-from ainative.daemon.pools import PoolRegistry
+from ainative.daemon.api import Api, DaemonView, MetricsView
+from ainative.daemon.exporter import ExporterError, MetricsAddress, MetricsServer
+from ainative.daemon.gpusampler import DEFAULT_INTERVAL_S, GpuSampler
+from ainative.daemon.metrics import DaemonMetrics, alive
+from ainative.daemon.pools import MAX_POOLS, PoolRegistry
 from ainative.daemon.transport import Limits, Transport, TransportError
 from ainative.gpu import nvml
+from ainative.gpu.metrics import GpuCollector
 from ainative.platform import Platform, get_platform
 from ainative.platform.base import EventSource, MechanismUnavailable, TaskId
+from ainative.telemetry.sink import Fanout
 
 DEFAULT_STATE_DIR = "/var/lib/ainative"
 META_FILE = "daemon.json"  # what `ainative restore` needs to know about the last run
+# The loop publishes its state to the metrics at most this often (and within this long
+# of a change): a fork storm costs one snapshot per PUBLISH_EVERY_S, not one per batch.
+PUBLISH_EVERY_S = 0.1
+SWEEP_EVERY_S = 10.0  # metrics of exits the event source missed are dropped this often
 
 
 @dataclass
@@ -51,6 +65,8 @@ class DaemonConfig:
     cgroups: bool = True
     poll_interval: float = 0.5
     limits: Limits = field(default_factory=Limits)
+    metrics_address: MetricsAddress | None = None  # None: no Prometheus endpoint
+    gpu_interval: float = DEFAULT_INTERVAL_S
 
 
 class StartupError(Exception):
@@ -87,6 +103,17 @@ class Daemon:
         self.recovered: dict[str, Any] | None = None
         self.last_reload_error: str | None = None
         self.journal: Journal | None = None
+        # Telemetry: every event the daemon emits goes through sinks, from the loop.
+        self.sinks = Fanout()
+        self.metrics: DaemonMetrics | None = None
+        if config.metrics_address is not None:
+            self.metrics = DaemonMetrics()
+            self.sinks.add(self.metrics)
+        self.exporter: MetricsServer | None = None
+        self.gpu_sampler = GpuSampler(interval_s=config.gpu_interval)
+        self._published = -1e9
+        self._publish_pending = False
+        self._last_sweep = time.monotonic()
 
     # --- start-up ---
 
@@ -145,7 +172,7 @@ class Daemon:
             self.backend, self.rules, self.journal,
             SupervisorConfig(scope_pid=self.cfg.scope_pid, dry_run=self.cfg.dry_run,
                              cgroups=self.cfg.cgroups),
-            gpu_pids=nvml.cached_compute_pids())
+            gpu_pids=nvml.cached_compute_pids(), sink=self.sinks)
         rep = self.supervisor.recover()
         if rep is not None:
             # A previous run died without undoing: undone now, before anything else.
@@ -155,12 +182,16 @@ class Daemon:
         self._probe()
         self._open_events()
         self._open_socket()
+        self._open_metrics()
+        self.gpu_sampler.start()
         self._install_signals()
         log.event("started", version=__version__, pid=os.getpid(), events=self.event_source_name,
                   socket=self.cfg.socket_path, state_dir=self.cfg.state_dir,
                   scope=self.cfg.scope_pid, dry_run=self.cfg.dry_run,
-                  rules=self.rules.sources, classes=sorted(self.rules.classes))
+                  rules=self.rules.sources, classes=sorted(self.rules.classes),
+                  metrics=self.metrics_view()["url"] or "off")
         self.supervisor.full_scan()
+        self._publish(force=True)
 
     def _probe(self) -> None:
         try:
@@ -170,6 +201,26 @@ class Daemon:
             self._mechanisms = [{"name": "probe", "available": False, "detail": str(e)}]
         for m in self._mechanisms:
             (log.event if m["available"] else log.warn)("mechanism", **m)
+
+    def _open_metrics(self) -> None:
+        """Listen on --metrics-address, or fail the start-up with one line saying why.
+        Last of the start-up checks (a bad socket option is named first), and before the
+        first change: crash recovery before this only undoes."""
+        a = self.cfg.metrics_address
+        if a is None or self.metrics is None:
+            return
+        if not a.loopback:
+            log.warn("metrics_not_loopback", address=str(a),
+                     detail="anyone who can reach this address reads the names, classes "
+                            "and latencies of this machine's AI processes; firewall it, "
+                            "or listen on 127.0.0.1")
+        self.exporter = MetricsServer(a, [self.metrics.render],
+                                      [GpuCollector(reader=self.gpu_sampler.latest)])
+        try:
+            self.exporter.start()
+        except ExporterError as e:
+            self.exporter = None
+            raise StartupError(str(e)) from e
 
     def _open_events(self) -> None:
         try:
@@ -231,7 +282,9 @@ class Daemon:
             next_reconcile = time.monotonic() + self.cfg.reconcile_interval
             while not self._stop:
                 deadlines = [next_reconcile, self.supervisor.next_timer(),
-                             self.transport.next_deadline()]
+                             self.transport.next_deadline(),
+                             self._published + PUBLISH_EVERY_S if self._publish_pending
+                             else None]
                 timeout = min(t for t in deadlines if t is not None) - time.monotonic()
                 for key, events in self.sel.select(max(0.0, timeout)):
                     self._dispatch(key, events)
@@ -245,6 +298,7 @@ class Daemon:
                 if time.monotonic() >= next_reconcile:
                     self._reconcile()
                     next_reconcile = time.monotonic() + self.cfg.reconcile_interval
+                self._telemetry()
         finally:
             self.shutdown()
         return 0
@@ -257,10 +311,14 @@ class Daemon:
             except OSError as e:
                 log.warn("event_read_failed", error=str(e))
                 batch = []
+            if self.metrics is not None and batch:
+                self.metrics.count_process_events(self.event_source.name, len(batch))
             for ev in batch:
                 self.supervisor.on_event(ev)
                 if ev.kind == "exit" and ev.tid == ev.pid:
                     self.pools.drop_pid(ev.pid)
+                    if self.metrics is not None:
+                        self.metrics.forget_pid(ev.pid)
         elif what == "listen":
             self.transport.accept()
         elif what == "wake":
@@ -273,11 +331,36 @@ class Daemon:
             self.transport.on_client(what, events)
 
     def _reconcile(self) -> None:
+        t0 = time.perf_counter()
         self.supervisor.reconcile()
         if self.event_source is None:
             self.supervisor.full_scan()
+        if self.metrics is not None:
+            self.metrics.observe_reconcile(time.perf_counter() - t0)
+            if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
+                self._last_sweep = time.monotonic()
+                self.metrics.sweep(alive)
         if self.journal:
             self.journal.maybe_compact()
+
+    def _telemetry(self) -> None:
+        """After each pass of the loop: new GPU samples go out as events, and the metrics
+        get a fresh snapshot (at most every PUBLISH_EVERY_S; a skipped one is owed and
+        the loop wakes for it)."""
+        for ev in self.gpu_sampler.drain():
+            self.sinks.emit(ev)
+        self._publish()
+
+    def _publish(self, force: bool = False) -> None:
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._published < PUBLISH_EVERY_S:
+            self._publish_pending = True
+            return
+        self._published, self._publish_pending = now, False
+        self.metrics.publish(self.supervisor.engine.managed.values(), self.rules.classes,
+                             self.pools.views(MAX_POOLS), self.supervisor.engine.paused)
 
     def reload(self) -> str | None:
         try:
@@ -311,7 +394,16 @@ class Daemon:
             "clients": len(self.transport.conns),
             "clients_refused": self.transport.refused,
             "clients_expired": self.transport.expired,
+            "metrics": self.metrics_view(),
+            "event_sink_failures": sum(self.sinks.failures.values()),
         }
+
+    def metrics_view(self) -> MetricsView:
+        ex = self.exporter
+        if ex is None or ex.bound is None:
+            return {"address": None, "url": None, "loopback": None, "refused": 0}
+        return {"address": str(ex.bound), "url": ex.bound.url, "loopback": ex.bound.loopback,
+                "refused": ex.refused}
 
     def mechanisms(self) -> list[dict[str, Any]]:
         return self._mechanisms
@@ -352,6 +444,10 @@ class Daemon:
                 log.warn("event_source_close_failed", error=str(e))
         if self.journal:
             self.journal.shutdown()
+        self.gpu_sampler.stop()
+        if self.exporter is not None:
+            self.exporter.close()
+            self.exporter = None
         for fd in (self._lockfd, self._dir_fd):
             if fd is not None:
                 os.close(fd)

@@ -40,11 +40,14 @@ class ScopedDaemon:
                  rules_text: str | None = None, extra_args: tuple[str, ...] = (),
                  rules_file: str | None = None, state_dir: str | None = None,
                  socket_path: str | None = None, log_path: str | None = None,
-                 log_format: str = "json", shared_socket: bool = False) -> None:
+                 log_format: str = "json", shared_socket: bool = False,
+                 metrics_address: str = "off") -> None:
         """``scope_pid`` None manages the whole machine (benchmarks of the daemon's own
         cost, always with --dry-run there). ``shared_socket``: make the socket's directory
         reachable by other users (mode 0755), for tests and benchmarks that act as an
-        unprivileged user."""
+        unprivileged user. ``metrics_address``: the Prometheus endpoint; off by default,
+        so a private daemon never takes the system daemon's port ("127.0.0.1:0": a free
+        port, see metrics_url())."""
         self.workdir = workdir
         self._own_sockdir: str | None = None
         if socket_path is None:
@@ -63,7 +66,8 @@ class ScopedDaemon:
         self.argv = [sys.executable, "-m", "ainative", "daemon", *scope,
                      "--state-dir", self.state_dir, "--socket", self.sock,
                      "--rules-dir", "", "--log-format", log_format,
-                     "--cgroup-root", cgroup_root, *extra_args]
+                     "--cgroup-root", cgroup_root, "--metrics-address", metrics_address,
+                     *extra_args]
         if rules_text is not None:
             rules = rules_file or os.path.join(workdir, f"rules-{id(self):x}.toml")
             with open(rules, "w") as fh:
@@ -104,6 +108,11 @@ class ScopedDaemon:
                     raise LaunchError(f"ainative daemon did not answer within {timeout:.0f} s;"
                                       f" see {self.log_path}") from None
                 time.sleep(0.05)
+
+    def metrics_url(self) -> str | None:
+        """The daemon's /metrics URL as bound (None when off)."""
+        url: str | None = self.client.request("status")["daemon"]["metrics"]["url"]
+        return url
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
