@@ -363,6 +363,21 @@ def test_a_batch_process_that_opens_a_listening_socket_becomes_serving(
     assert fb.value(p.pid, "nice") == -10
 
 
+def test_a_runtime_own_socket_is_not_serving(tmp_path: Path, fb: FakeBackend) -> None:
+    # Every process that initialises CUDA listens on an abstract @cuda-uvmfd-* socket.
+    p = fb.spawn("python3", maps=[ORT], listening=["unix @cuda-uvmfd-4026531836-4711"])
+    sup = make(tmp_path, fb)
+    sup.full_scan()
+    tick(sup, 1.0, p)
+    m = sup.managed_by_pid(p.pid)
+    assert m is not None and m.cls == "batch"
+    listen = next(s for s in m.decision.signals if s.name == "listen")
+    assert not listen.matched and "runtime's own socket" in listen.detail
+    p.listening.append("tcp 0.0.0.0:8000")  # a real server socket beside it
+    tick(sup, 1.0, p)
+    assert sup.managed_by_pid(p.pid).cls == "inference"  # type: ignore[union-attr]
+
+
 def test_opted_out_process_is_never_touched(tmp_path: Path, fb: FakeBackend) -> None:
     p = server(fb, env={"AINATIVE_CLASS": "none"}, uid=USER)
     sup = make(tmp_path, fb)

@@ -44,6 +44,12 @@ MAX_ENV_VALUE = 64  # a class name; anything longer is not one
 LIBRARY_RECHECK = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
 LIBRARY_RECHECK_STEADY = 120.0
 
+# Listening sockets a runtime opens for itself, in every process that uses it, not for
+# clients: the CUDA driver's abstract "@cuda-uvmfd-<pid>-<n>" (file-descriptor passing for
+# unified memory; a plain torch process on the lent H100 machine listened on one and was
+# taken for a server). Such a socket says nothing about serving.
+RUNTIME_INTERNAL_SOCKETS = ("unix @cuda-uvmfd-",)
+
 
 @dataclass
 class Signal:
@@ -334,13 +340,19 @@ class Classifier:
         return d
 
     def _listen_signal(self, pid: int) -> Signal:
-        """Serving evidence of an AI process: the sockets it listens on."""
+        """Serving evidence of an AI process: the sockets it listens on (not the ones a
+        runtime opens for itself in every process)."""
         try:
             socks = self.backend.listening_sockets(pid)
         except PermissionError:
             return Signal("listen", False, "sockets not readable")
         except OSError as e:
             return Signal("listen", False, f"sockets not readable: {e}")
+        internal = [s for s in socks if s.startswith(RUNTIME_INTERNAL_SOCKETS)]
+        socks = [s for s in socks if not s.startswith(RUNTIME_INTERNAL_SOCKETS)]
+        if not socks and internal:
+            return Signal("listen", False, f"only a runtime's own socket ({internal[0]}): "
+                                           "throughput work, not serving")
         if not socks:
             return Signal("listen", False, "no listening socket: throughput work, not serving")
         shown = ", ".join(socks[:4]) + (f" and {len(socks) - 4} more" if len(socks) > 4 else "")
