@@ -38,6 +38,7 @@ from ainative.core.rules import load_rules
 from ainative.core.supervisor import Supervisor, SupervisorConfig
 from ainative.daemon.api import Api, DaemonView
 from ainative.daemon.pools import PoolRegistry
+from ainative.daemon.telemetry import events_socket_view, no_store_view
 from ainative.daemon.transport import Limits, Transport
 from ainative.ipc.protocol import ALL_OPS, MAX_REQUEST, Peer
 
@@ -68,7 +69,11 @@ class Host:
                 "last_reload_error": None, "recovered": None, "journal_unusable": 0,
                 "clients": 0, "clients_refused": 0, "clients_expired": 0,
                 "metrics": {"address": None, "url": None, "loopback": None, "refused": 0},
-                "event_sink_failures": 0}
+                "event_sink_failures": 0,
+                "telemetry": {"events_socket": events_socket_view(None),
+                              "store": no_store_view(),
+                              "runqueue": {"mode": "off", "kind": "off", "why": "fuzz",
+                                           "watched": 0, "events": 0, "dropped": 0}}}
 
     def mechanisms(self) -> list[dict[str, Any]]:
         return [{"name": "fake", "available": True, "detail": "in-memory backend"}]

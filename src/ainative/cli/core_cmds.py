@@ -10,7 +10,12 @@ from typing import Any
 import click
 
 from ainative.cli.plan_cmd import rules_dir_option, rules_option, window_option
-from ainative.ipc.client import Client, DaemonError, default_socket_path
+from ainative.ipc.client import (
+    DEFAULT_EVENTS_SOCKET,
+    Client,
+    DaemonError,
+    default_socket_path,
+)
 
 socket_option = click.option(
     "--socket", "socket_path", default=None, metavar="PATH",
@@ -64,6 +69,19 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
                    "(loopback); port 0 takes a free port (`ainative status` shows it); "
                    "'off' serves none. Another address than loopback is logged as a "
                    "warning: the metrics name local processes.")
+@click.option("--events-socket", "events_socket", default=None, metavar="PATH|off",
+              help="Where in-process spans are received (AINATIVE_EVENTS of the traced "
+                   "processes). Default events.sock beside the control socket "
+                   "(/run/ainative/events.sock); any local user may send their own "
+                   "processes' spans; 'off' receives none.")
+@click.option("--events-retention", "events_retention", default=None, metavar="DURATION",
+              help="How long the event store (events.db in the state dir) keeps events "
+                   "(30m, 24h, 7d). Default 7d; the newest 2,000,000 are kept at most.")
+@click.option("--runqueue", type=click.Choice(["auto", "schedstat", "off"]), default="auto",
+              show_default=True,
+              help="Run-queue waits of serving and AI processes: eBPF where the host allows, "
+                   "else /proc schedstat (auto); schedstat only; none. `ainative status` "
+                   "says which runs and why.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -71,11 +89,16 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
 def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: str | None,
            scope: int | None, dry_run: bool, no_cgroups: bool, cgroup_root: str,
            socket_mode: str, socket_group: str | None, reconcile_interval: float,
-           metrics_address: str | None, log_format: str, log_level: str) -> None:
+           metrics_address: str | None, events_socket: str | None,
+           events_retention: str | None, runqueue: str, log_format: str,
+           log_level: str) -> None:
     """Run the daemon in the foreground. SIGTERM/SIGINT undo every change and exit."""
     from ainative import log
     from ainative.daemon.exporter import DEFAULT_ADDRESS, AddressError, parse_address
     from ainative.daemon.server import Daemon, DaemonConfig, StartupError
+    from ainative.daemon.telemetry import RUNQUEUE_MODES
+    from ainative.telemetry.store import DEFAULT_RETENTION_S
+    from ainative.units import UnitError, parse_duration
 
     log.setup(log_format, log_level)
     try:
@@ -89,12 +112,26 @@ def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: 
     except ValueError:
         raise click.BadParameter(f"{socket_mode!r} is not an octal mode like 0660",
                                  param_hint="--socket-mode") from None
+    try:
+        retention = (parse_duration(events_retention, "--events-retention")
+                     if events_retention is not None else DEFAULT_RETENTION_S)
+    except UnitError as e:
+        raise OptionError(str(e)) from None
+    control = socket_path or default_socket_path()
+    if events_socket is None:
+        events_socket = os.path.join(os.path.dirname(os.path.abspath(control)),
+                                     os.path.basename(DEFAULT_EVENTS_SOCKET))
+    if not events_socket:
+        raise OptionError("--events-socket: give a path, or off")
+    rq = next(m for m in RUNQUEUE_MODES if m == runqueue)  # click checked the choice
     cfg = DaemonConfig(
         rules=list(rules), rules_dir=rules_dir or None, state_dir=state_dir,
-        socket_path=socket_path or default_socket_path(), socket_mode=mode,
+        socket_path=control, socket_mode=mode,
         socket_group=socket_group, scope_pid=scope, dry_run=dry_run,
         reconcile_interval=reconcile_interval, cgroup_root=cgroup_root, cgroups=not no_cgroups,
         metrics_address=metrics,
+        events_socket=None if events_socket == "off" else events_socket,
+        events_retention_s=retention, runqueue=rq,
     )
     try:
         d = Daemon(cfg)

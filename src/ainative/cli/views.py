@@ -35,6 +35,7 @@ def render_status(st: dict[str, Any]) -> None:
         console.print(f"metrics: {metrics['url']}{exposed}")
     else:
         console.print("metrics: off")
+    _telemetry_lines(d.get("telemetry") or {})
     if d.get("last_reload_error"):
         console.print(f"[red]last reload failed (old rules in force):[/] {d['last_reload_error']}")
 
@@ -91,6 +92,28 @@ def render_status(st: dict[str, Any]) -> None:
                       str(pool.get("locked")), str(pool.get("cuda_registered")))
         console.print(p)
     console.print(f"journal: {st['journal']['in_force']} change(s) in force")
+
+
+def _telemetry_lines(t: dict[str, Any]) -> None:
+    """The events socket, the event store and the run-queue source, one line each."""
+    ev = t.get("events_socket") or {}
+    if ev.get("path"):
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(
+            (ev.get("rejected_by_reason") or {}).items()))
+        console.print(f"spans: {ev['path']} (accepted {ev.get('accepted', 0)}, rejected "
+                      f"{ev.get('rejected', 0)}{': ' + rejected if rejected else ''})")
+    elif t:
+        console.print("spans: off")
+    store = t.get("store") or {}
+    if store.get("path"):
+        lost = (store.get("dropped") or 0) + (store.get("failed") or 0)
+        console.print(f"event store: {store['path']} ({store.get('stored', 0)} events"
+                      + (f", [red]{lost} lost[/]" if lost else "") + ")")
+    rq = t.get("runqueue") or {}
+    if rq:
+        why = f" ({rq['why']})" if rq.get("why") else ""
+        console.print(f"run-queue source: {rq.get('kind')}{why}, watching "
+                      f"{rq.get('watched', 0)} processes")
 
 
 def _activity_rules_line(act: dict[str, Any]) -> str:

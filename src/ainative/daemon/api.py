@@ -23,6 +23,7 @@ from ainative.core.knobs import describe
 from ainative.core.plan import activity_rules, state_of
 from ainative.core.supervisor import Refused, Supervisor
 from ainative.daemon.pools import PoolRegistry, PoolReportError
+from ainative.daemon.telemetry import TelemetryView
 from ainative.ipc.protocol import (
     Peer,
     RequestError,
@@ -92,6 +93,7 @@ class DaemonView(TypedDict):
     clients_expired: int
     metrics: MetricsView
     event_sink_failures: int  # events a telemetry sink failed on (dropped)
+    telemetry: TelemetryView  # events socket, event store, run-queue source
 
 
 class Host(Protocol):

@@ -6,10 +6,13 @@ single thread keeps every change ordered and the journal simple. What an event m
 the supervisor's job (core/supervisor.py), what a request means the API's (api.py), and
 how clients are framed and limited the transport's (transport.py).
 
-Two helper threads never touch that state: the Prometheus endpoint (exporter.py) serves
-scrapes from snapshots the loop publishes (metrics.py), and the GPU sampler
-(gpusampler.py) reads NVML away from the loop. Telemetry events (the engine's policy
-actions, the sampler's GPU samples) reach their sinks from the loop, through one Fanout.
+Helper threads never touch that state: the Prometheus endpoint (exporter.py) serves
+scrapes from snapshots the loop publishes (metrics.py), the GPU sampler (gpusampler.py)
+reads NVML away from the loop, and the run-queue source (telemetry.py) reads the kernel's
+ring buffer. Telemetry events (the engine's policy actions, the sampler's GPU samples,
+the spans that arrive on the events socket, the run-queue waits) reach their sinks from
+the loop, through one Fanout: the metrics and the event store's buffer, which the loop
+writes to SQLite about once a second.
 """
 
 from __future__ import annotations
@@ -35,12 +38,27 @@ from ainative.daemon.exporter import ExporterError, MetricsAddress, MetricsServe
 from ainative.daemon.gpusampler import DEFAULT_INTERVAL_S, GpuSampler
 from ainative.daemon.metrics import DaemonMetrics, alive
 from ainative.daemon.pools import MAX_POOLS, PoolRegistry
+from ainative.daemon.telemetry import (
+    LoopQueue,
+    RunqueueFeed,
+    RunqueueMode,
+    StoreBuffer,
+    TelemetryError,
+    TelemetryView,
+    events_socket_view,
+    no_store_view,
+    open_event_store,
+    open_events_socket,
+    runqueue_pids,
+)
 from ainative.daemon.transport import Limits, Transport, TransportError
 from ainative.gpu import nvml
 from ainative.gpu.metrics import GpuCollector
 from ainative.platform import Platform, get_platform
 from ainative.platform.base import EventSource, MechanismUnavailable, TaskId
+from ainative.telemetry.collector import EventReceiver
 from ainative.telemetry.sink import Fanout
+from ainative.telemetry.store import DEFAULT_RETENTION_S
 
 DEFAULT_STATE_DIR = "/var/lib/ainative"
 META_FILE = "daemon.json"  # what `ainative restore` needs to know about the last run
@@ -67,6 +85,10 @@ class DaemonConfig:
     limits: Limits = field(default_factory=Limits)
     metrics_address: MetricsAddress | None = None  # None: no Prometheus endpoint
     gpu_interval: float = DEFAULT_INTERVAL_S
+    events_socket: str | None = None  # None: receive no spans (the CLI's default: beside
+    # the control socket)
+    events_retention_s: float = DEFAULT_RETENTION_S  # the event store's
+    runqueue: RunqueueMode = "off"  # the CLI's default is auto
 
 
 class StartupError(Exception):
@@ -111,6 +133,10 @@ class Daemon:
             self.sinks.add(self.metrics)
         self.exporter: MetricsServer | None = None
         self.gpu_sampler = GpuSampler(interval_s=config.gpu_interval)
+        self.store: StoreBuffer | None = None
+        self.receiver: EventReceiver | None = None
+        self.runqueue_queue = LoopQueue()
+        self.runqueue = RunqueueFeed(config.runqueue, self.runqueue_queue)
         self._published = -1e9
         self._publish_pending = False
         self._last_sweep = time.monotonic()
@@ -168,6 +194,7 @@ class Daemon:
             log.warn("not_root", uid=os.geteuid(), detail="ainative can only lower priorities "
                      "of this user's own processes; see the mechanisms below")
         self._open_state()
+        self._open_store()
         self.supervisor = Supervisor(
             self.backend, self.rules, self.journal,
             SupervisorConfig(scope_pid=self.cfg.scope_pid, dry_run=self.cfg.dry_run,
@@ -182,6 +209,7 @@ class Daemon:
         self._probe()
         self._open_events()
         self._open_socket()
+        self._open_events_socket()
         self._open_metrics()
         self.gpu_sampler.start()
         self._install_signals()
@@ -189,9 +217,15 @@ class Daemon:
                   socket=self.cfg.socket_path, state_dir=self.cfg.state_dir,
                   scope=self.cfg.scope_pid, dry_run=self.cfg.dry_run,
                   rules=self.rules.sources, classes=sorted(self.rules.classes),
-                  metrics=self.metrics_view()["url"] or "off")
+                  metrics=self.metrics_view()["url"] or "off",
+                  events_socket=self.cfg.events_socket or "off",
+                  event_store=self.store.store.path if self.store else "off")
         self.supervisor.full_scan()
         self._publish(force=True)
+        # After the scan: the source starts with the processes already running.
+        self.sel.register(self.runqueue_queue.fileno(), selectors.EVENT_READ, "runqueue")
+        self._update_runqueue_pids()
+        self.runqueue.open()
 
     def _probe(self) -> None:
         try:
@@ -221,6 +255,29 @@ class Daemon:
         except ExporterError as e:
             self.exporter = None
             raise StartupError(str(e)) from e
+
+    def _open_store(self) -> None:
+        """The event store in the state dir, before anything emits (crash recovery's
+        restores are stored too)."""
+        assert self._dir_fd is not None
+        try:
+            store = open_event_store(self._dir_fd, self.cfg.state_dir,
+                                     self.cfg.events_retention_s)
+        except TelemetryError as e:
+            raise StartupError(str(e)) from e
+        self.store = StoreBuffer(store)
+        self.sinks.add(self.store)
+
+    def _open_events_socket(self) -> None:
+        """Bind --events-socket (after the control socket: a shared directory's problem is
+        named by --socket first); the loop reads it."""
+        if self.cfg.events_socket is None:
+            return
+        try:
+            self.receiver = open_events_socket(self.cfg.events_socket, self.sinks.emit)
+        except TelemetryError as e:
+            raise StartupError(str(e)) from e
+        self.sel.register(self.receiver.fileno(), selectors.EVENT_READ, "spans")
 
     def _open_events(self) -> None:
         try:
@@ -284,7 +341,8 @@ class Daemon:
                 deadlines = [next_reconcile, self.supervisor.next_timer(),
                              self.transport.next_deadline(),
                              self._published + PUBLISH_EVERY_S if self._publish_pending
-                             else None]
+                             else None,
+                             self.store.next_flush() if self.store is not None else None]
                 timeout = min(t for t in deadlines if t is not None) - time.monotonic()
                 for key, events in self.sel.select(max(0.0, timeout)):
                     self._dispatch(key, events)
@@ -319,6 +377,11 @@ class Daemon:
                     self.pools.drop_pid(ev.pid)
                     if self.metrics is not None:
                         self.metrics.forget_pid(ev.pid)
+        elif what == "spans" and self.receiver is not None:
+            self.receiver.handle_readable()  # at most max_batch: the loop stays responsive
+        elif what == "runqueue":
+            for rq in self.runqueue_queue.drain():
+                self.sinks.emit(rq)
         elif what == "listen":
             self.transport.accept()
         elif what == "wake":
@@ -342,6 +405,11 @@ class Daemon:
                 self.metrics.sweep(alive)
         if self.journal:
             self.journal.maybe_compact()
+        self._update_runqueue_pids()
+
+    def _update_runqueue_pids(self) -> None:
+        serving = frozenset(n for n, c in self.rules.classes.items() if c.serving)
+        self.runqueue.set_pids(runqueue_pids(self.supervisor.engine.managed.values(), serving))
 
     def _telemetry(self) -> None:
         """After each pass of the loop: new GPU samples go out as events, and the metrics
@@ -349,6 +417,8 @@ class Daemon:
         the loop wakes for it)."""
         for ev in self.gpu_sampler.drain():
             self.sinks.emit(ev)
+        if self.store is not None:
+            self.store.maybe_flush()
         self._publish()
 
     def _publish(self, force: bool = False) -> None:
@@ -396,7 +466,13 @@ class Daemon:
             "clients_expired": self.transport.expired,
             "metrics": self.metrics_view(),
             "event_sink_failures": sum(self.sinks.failures.values()),
+            "telemetry": self.telemetry_view(),
         }
+
+    def telemetry_view(self) -> TelemetryView:
+        return {"events_socket": events_socket_view(self.receiver),
+                "store": self.store.view() if self.store else no_store_view(),
+                "runqueue": self.runqueue.view()}
 
     def metrics_view(self) -> MetricsView:
         ex = self.exporter
@@ -437,6 +513,7 @@ class Daemon:
             except Exception as e:
                 log.error("restore_on_stop_failed", error=f"{type(e).__name__}: {e}")
         self.transport.close()
+        self._close_telemetry_sources()
         if self.event_source is not None:
             try:
                 self.event_source.close()
@@ -445,6 +522,12 @@ class Daemon:
         if self.journal:
             self.journal.shutdown()
         self.gpu_sampler.stop()
+        if self.store is not None:
+            try:
+                self.store.close()  # the last flush: the stop's own restores included
+            except Exception as e:
+                log.warn("event_store_close_failed", error=str(e)[:200])
+            self.store = None
         if self.exporter is not None:
             self.exporter.close()
             self.exporter = None
@@ -452,6 +535,21 @@ class Daemon:
             if fd is not None:
                 os.close(fd)
         self._lockfd = self._dir_fd = None
+
+    def _close_telemetry_sources(self) -> None:
+        """Take what the events socket and the run-queue source still hold, then close
+        them (the socket file is removed if it is still ours)."""
+        if self.receiver is not None:
+            try:
+                self.receiver.handle_readable()
+            except Exception as e:
+                log.warn("events_socket_read_failed", error=str(e)[:200])
+            self.receiver.close()
+            self.receiver = None
+        self.runqueue.stop()
+        for rq in self.runqueue_queue.drain():
+            self.sinks.emit(rq)
+        self.runqueue_queue.close()
 
 
 def _exists(pid: int) -> bool:

@@ -41,15 +41,20 @@ class ScopedDaemon:
                  rules_file: str | None = None, state_dir: str | None = None,
                  socket_path: str | None = None, log_path: str | None = None,
                  log_format: str = "json", shared_socket: bool = False,
-                 metrics_address: str = "off") -> None:
+                 metrics_address: str = "off", events_socket: str | None = None,
+                 runqueue: str = "off") -> None:
         """``scope_pid`` None manages the whole machine (benchmarks of the daemon's own
         cost, always with --dry-run there). ``shared_socket``: make the socket's directory
         reachable by other users (mode 0755), for tests and benchmarks that act as an
         unprivileged user. ``metrics_address``: the Prometheus endpoint; off by default,
         so a private daemon never takes the system daemon's port ("127.0.0.1:0": a free
-        port, see metrics_url())."""
+        port, see metrics_url()). ``events_socket``: where it receives spans (the traced
+        processes' AINATIVE_EVENTS); default beside its own control socket, never the
+        system daemon's; "off" for none. ``runqueue``: --runqueue, off by default so a
+        private daemon attaches no scheduler tracepoints unless a test asks."""
         self.workdir = workdir
         self._own_sockdir: str | None = None
+        self._own_dirs: list[str] = []
         if socket_path is None:
             sockdir = os.path.join(workdir, "run")
             if len(os.path.join(sockdir, "ainative.sock")) > _SUN_PATH_MAX:
@@ -59,6 +64,14 @@ class ScopedDaemon:
                 os.chmod(sockdir, 0o755)
             socket_path = os.path.join(sockdir, "ainative.sock")
         self.sock = socket_path
+        if events_socket is None:
+            d, base = os.path.split(os.path.abspath(socket_path))
+            events_socket = os.path.join(d, f"{base.removesuffix('.sock')}.events.sock")
+            if len(events_socket) > _SUN_PATH_MAX:
+                d = tempfile.mkdtemp(prefix="ainative-", dir="/tmp")
+                self._own_dirs.append(d)
+                events_socket = os.path.join(d, "events.sock")
+        self.events_socket = events_socket
         self.state_dir = state_dir or os.path.join(workdir, "state")
         self.log_path = log_path or os.path.join(workdir, f"daemon-{id(self):x}.log")
         self.cgroup_root = cgroup_root
@@ -67,6 +80,7 @@ class ScopedDaemon:
                      "--state-dir", self.state_dir, "--socket", self.sock,
                      "--rules-dir", "", "--log-format", log_format,
                      "--cgroup-root", cgroup_root, "--metrics-address", metrics_address,
+                     "--events-socket", events_socket, "--runqueue", runqueue,
                      *extra_args]
         if rules_text is not None:
             rules = rules_file or os.path.join(workdir, f"rules-{id(self):x}.toml")
@@ -132,10 +146,11 @@ class ScopedDaemon:
 
     def close(self) -> None:
         self.stop()
-        if self._own_sockdir:
-            import shutil
+        import shutil
 
-            shutil.rmtree(self._own_sockdir, ignore_errors=True)
+        for d in [self._own_sockdir, *self._own_dirs]:
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self) -> ScopedDaemon:
         return self.start() if self.proc is None else self
