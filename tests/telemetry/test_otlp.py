@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,6 +93,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -276,3 +278,36 @@ def test_missing_extra_is_one_clear_line() -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == MISSING_EXTRA
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the daemon changes priorities: needs root")
+def test_a_daemon_exports_its_policy_actions(receiver: Receiver, tmp_path: Path) -> None:
+    # A real scoped daemon with --otlp-endpoint; a child it demotes (background, always on)
+    # gives a policy_applied, and the stop's restore a policy_restored, both exported.
+    from ainative.ipc.launcher import ScopedDaemon
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env=dict(os.environ, AINATIVE_CLASS="background"))
+    d = ScopedDaemon(str(tmp_path), scope_pid=os.getpid(),
+                     cgroup_root=f"ainative-otlp-{os.getpid()}",
+                     rules_text="[classes.background]\nonly_while_serving_active = false\n",
+                     extra_args=("--otlp-endpoint", receiver.url, "--reconcile-interval", "0.2"))
+    try:
+        d.start(timeout=15)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.getpriority(os.PRIO_PROCESS, child.pid) != 19:
+            time.sleep(0.05)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == 19
+        d.close()  # stops: restores, then flushes the OTLP sink
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == 0
+        names: dict[str, list[dict[str, Any]]] = {}
+        for _res, s in receiver.spans():
+            names.setdefault(s.name, []).append(attrs(s.attributes))
+        applied = names.get("ainative.policy_applied", [])
+        assert any(a.get("process.pid") == child.pid for a in applied), names.keys()
+        assert any(a.get("process.pid") == child.pid
+                   for a in names.get("ainative.policy_restored", []))
+    finally:
+        d.close()
+        child.kill()
+        child.wait()

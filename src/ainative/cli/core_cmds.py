@@ -82,6 +82,10 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
               help="Run-queue waits of serving and AI processes: eBPF where the host allows, "
                    "else /proc schedstat (auto); schedstat only; none. `ainative status` "
                    "says which runs and why.")
+@click.option("--otlp-endpoint", "otlp_endpoint", default=None, metavar="URL",
+              help="Also export every event over OTLP/HTTP to this OpenTelemetry collector "
+                   "(e.g. http://127.0.0.1:4318): spans named after the GenAI semantic "
+                   "conventions, gen_ai.server.request.duration. Needs the 'otlp' extra.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -90,8 +94,8 @@ def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: 
            scope: int | None, dry_run: bool, no_cgroups: bool, cgroup_root: str,
            socket_mode: str, socket_group: str | None, reconcile_interval: float,
            metrics_address: str | None, events_socket: str | None,
-           events_retention: str | None, runqueue: str, log_format: str,
-           log_level: str) -> None:
+           events_retention: str | None, runqueue: str, otlp_endpoint: str | None,
+           log_format: str, log_level: str) -> None:
     """Run the daemon in the foreground. SIGTERM/SIGINT undo every change and exit."""
     from ainative import log
     from ainative.daemon.exporter import DEFAULT_ADDRESS, AddressError, parse_address
@@ -132,6 +136,7 @@ def daemon(rules: tuple[str, ...], rules_dir: str, state_dir: str, socket_path: 
         metrics_address=metrics,
         events_socket=None if events_socket == "off" else events_socket,
         events_retention_s=retention, runqueue=rq,
+        otlp_endpoint=otlp_endpoint or None,
     )
     try:
         d = Daemon(cfg)

@@ -89,6 +89,7 @@ class DaemonConfig:
     # the control socket)
     events_retention_s: float = DEFAULT_RETENTION_S  # the event store's
     runqueue: RunqueueMode = "off"  # the CLI's default is auto
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector (the optional 'otlp' extra)
 
 
 class StartupError(Exception):
@@ -195,6 +196,7 @@ class Daemon:
                      "of this user's own processes; see the mechanisms below")
         self._open_state()
         self._open_store()
+        self._open_otlp()
         self.supervisor = Supervisor(
             self.backend, self.rules, self.journal,
             SupervisorConfig(scope_pid=self.cfg.scope_pid, dry_run=self.cfg.dry_run,
@@ -267,6 +269,21 @@ class Daemon:
             raise StartupError(str(e)) from e
         self.store = StoreBuffer(store)
         self.sinks.add(self.store)
+
+    def _open_otlp(self) -> None:
+        """--otlp-endpoint: every event also goes to an OpenTelemetry collector. The sink
+        only queues on the loop's thread; its own thread converts and exports."""
+        self.otlp: Any = None
+        if not self.cfg.otlp_endpoint:
+            return
+        from ainative.telemetry.otlp import OtlpSink
+
+        try:
+            self.otlp = OtlpSink(self.cfg.otlp_endpoint)
+        except RuntimeError as e:  # the extra is not installed: one line, with the fix
+            raise StartupError(f"--otlp-endpoint: {e}") from e
+        self.sinks.add(self.otlp)
+        log.event("otlp_export", endpoint=self.cfg.otlp_endpoint)
 
     def _open_events_socket(self) -> None:
         """Bind --events-socket (after the control socket: a shared directory's problem is
@@ -528,6 +545,10 @@ class Daemon:
             except Exception as e:
                 log.warn("event_store_close_failed", error=str(e)[:200])
             self.store = None
+        if getattr(self, "otlp", None) is not None:
+            if not self.otlp.close(5.0):
+                log.warn("otlp_flush_incomplete", endpoint=self.cfg.otlp_endpoint)
+            self.otlp = None
         if self.exporter is not None:
             self.exporter.close()
             self.exporter = None
