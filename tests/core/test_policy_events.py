@@ -2,7 +2,7 @@
 knob write the backend saw, one PolicyRestored per value put back (restored, lifted,
 inherited) or let go (override), an AiTaskRegistered per classification, none in a dry
 run, and a failing sink costs events, never a policy action. No root needed; the daemon
-end of it (counters a real Prometheus reads) is tests/daemon/test_metrics.py.
+end of it (counters a real Prometheus reads) is tests/daemon/test_daemon_metrics.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Children, DaemonProc, needs_root
-from test_metrics import (
+from test_daemon_metrics import (
     needs_prometheus,
     prometheus_server,
     run_daemon_cli,
