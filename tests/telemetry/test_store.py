@@ -76,7 +76,7 @@ def test_trace_meta_round_trips(tmp_path: Path) -> None:
 def test_retention_by_age_and_by_rows_runs_on_a_timer(tmp_path: Path) -> None:
     # "Now" of this test, not of the module's import: add() prunes by the real clock, and
     # the whole suite runs for longer than the 60 s retention.
-    NOW = time.time_ns()  # noqa: N806
+    NOW = time.time_ns()
     s = EventStore(str(tmp_path / "r.db"), retention_s=60, max_rows=100,
                    prune_interval_s=3600)
     old = [InferenceLatency(ts_ns=NOW - 120 * 10**9 + i, pid=1, tid=1, name="old",
