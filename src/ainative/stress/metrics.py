@@ -164,8 +164,6 @@ def gpu_snapshot() -> dict[str, Any]:
         from ainative.gpu.nvml import read_gpus
 
         rep = read_gpus()
-    except NotImplementedError:
-        return {"available": False, "reason": "GPU telemetry is not implemented yet"}
     except Exception as e:  # telemetry must never end a stress run
         return {"available": False, "reason": f"NVML error: {e}"}
     if not rep.available:

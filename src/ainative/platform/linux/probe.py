@@ -164,17 +164,17 @@ def _nvml() -> Mechanism:
 
 
 def _ebpf() -> Mechanism:
-    tracefs = os.path.isdir("/sys/kernel/tracing/events") or os.path.isdir(
-        "/sys/kernel/debug/tracing/events")
-    try:
-        import bcc  # noqa: F401
-        have_bcc = True
-    except Exception:
-        have_bcc = False
-    ok = tracefs and have_bcc
-    return Mechanism("ebpf", ok, f"tracefs {'mounted' if tracefs else 'not mounted'}; "
-                     f"bcc {'importable' if have_bcc else 'not importable'} "
-                     "(ainative does not trace with eBPF yet)")
+    # The run-queue source's own checks (privilege, tracefs, bcc, headers), without its
+    # compile test: the one place that knows what eBPF needs here and how to fix it.
+    from ainative.telemetry import bpf_setup
+
+    for check in (bpf_setup.check_privileges, bpf_setup.check_tracefs,
+                  bpf_setup.check_bcc, bpf_setup.check_headers):
+        why = check()
+        if why:
+            return Mechanism("ebpf", False, why)
+    return Mechanism("ebpf", True, "tracefs, bcc and kernel headers ready: the run-queue "
+                                   "source traces sched_wakeup/sched_switch")
 
 
 def _uclamp() -> Mechanism:
