@@ -324,3 +324,13 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
                 group.rmdir()
             except OSError:
                 pass
+
+
+def stress_hog(children: Children, tmp_path: Path) -> int:
+    """A busy single-threaded process named like a load generator: background by the
+    built-in rules."""
+    exe = tmp_path / "stress-ng"
+    if not exe.exists():
+        exe.symlink_to(sys.executable)
+    return children.spawn([str(exe), "-c", "import sys\nprint('ready', flush=True)\n"
+                           "while True: pass"]).pid

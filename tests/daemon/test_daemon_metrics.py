@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import ONNX_CHILD, Children, DaemonProc, needs_root, nice_of, thread_ids
+from daemon_helpers import (
+    ONNX_CHILD,
+    Children,
+    DaemonProc,
+    needs_root,
+    nice_of,
+    stress_hog,
+    thread_ids,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -163,15 +171,6 @@ def prometheus_server(tmp_path: Path, targets: list[str]) -> Iterator[Prometheus
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def stress_hog(children: Children, tmp_path: Path) -> int:
-    """A busy single-threaded process named like a load generator: background."""
-    exe = tmp_path / "stress-ng"
-    if not exe.exists():
-        exe.symlink_to(sys.executable)
-    return children.spawn([str(exe), "-c", "import sys\nprint('ready', flush=True)\n"
-                           "while True: pass"]).pid
 
 
 def listeners(pid: int) -> list[int]:

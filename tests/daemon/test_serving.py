@@ -30,6 +30,7 @@ from daemon_helpers import (
     nice_of,
     serving_socket,
     snapshot,
+    stress_hog,
 )
 
 pytestmark = needs_root
@@ -86,15 +87,6 @@ def same_as(pid: int, before: dict) -> bool:  # type: ignore[type-arg]
 
 def task(d: DaemonProc, pid: int) -> dict | None:  # type: ignore[type-arg]
     return next((t for t in d.client.status()["tasks"] if t["pid"] == pid), None)
-
-
-def stress_hog(children: Children, tmp_path: Path) -> int:
-    """A busy process named like a load generator: background by the built-in rules."""
-    exe = tmp_path / "stress-ng"
-    if not exe.exists():
-        exe.symlink_to(sys.executable)
-    return children.spawn([str(exe), "-c", "import sys\nprint('ready', flush=True)\n"
-                           "while True: pass"]).pid
 
 
 def test_an_idle_runtime_process_gets_nothing_and_demotes_nothing(
