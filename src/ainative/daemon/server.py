@@ -502,10 +502,10 @@ class Daemon:
         return self._mechanisms
 
     def gpu_view(self) -> dict[str, Any]:
-        from ainative.gpu import nvml
-
+        # The sampler's report (at most two intervals old): `status` never waits on NVML
+        # in the loop while the sampler thread has a recent one.
         try:
-            rep = nvml.read_gpus()
+            rep = self.gpu_sampler.latest()
         except Exception as e:
             return {"available": False, "reason": f"NVML error: {e}", "gpus": []}
         thr = self.rules.gpu_available_threshold
