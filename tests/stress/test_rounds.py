@@ -51,3 +51,17 @@ def test_a_failed_round_fails_the_scenario_and_one_round_is_itself() -> None:
     assert merge_rounds([ok]) is ok
     with pytest.raises(ValueError):
         merge_rounds([])
+
+
+def test_the_verdict_pairs_ainative_with_alone_round_by_round() -> None:
+    from ainative.stress.compare import verdict
+
+    alone = merge_rounds([round_result([300] * 1000, 0, 0.1), round_result([900] * 1000, 0, 0.1),
+                          round_result([400] * 1000, 0, 0.1)])
+    ain = merge_rounds([round_result([330] * 1000, 0, 0.1), round_result([1800] * 1000, 0, 0.1),
+                        round_result([400] * 1000, 0, 0.1)])
+    v = verdict({"alone": alone, "ainative": ain})
+    assert v["ainative_vs_alone_p99_by_round"] == pytest.approx([1.1, 2.0, 1.0], abs=0.02)
+    assert v["median_round_ratio"] == pytest.approx(1.1, abs=0.02)
+    # The merged ratio is the p99 of every request: the slow second round dominates it.
+    assert v["ainative_vs_alone_p99"] > 1.5 and v["within_1_5x_alone"] is False

@@ -245,6 +245,16 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if a is not None and alone:
         out["ainative_vs_alone_p99"] = round(a / alone, 2)
         out["within_1_5x_alone"] = a <= 1.5 * alone
+        # Paired by round: alone and ainative of the same round ran minutes apart at most,
+        # under the same stretch of host noise; the ratio of each pair, and their median,
+        # say what the remedy did with that noise held (nearly) equal.
+        ra = results["ainative"].get("rounds") or []
+        rb = results["alone"].get("rounds") or []
+        if len(ra) == len(rb) > 1 and all(x["p99_ms"] > 0 for x in rb):
+            pairs = sorted(x["p99_ms"] / y["p99_ms"] for x, y in zip(ra, rb, strict=True))
+            out["ainative_vs_alone_p99_by_round"] = [
+                round(x["p99_ms"] / y["p99_ms"], 2) for x, y in zip(ra, rb, strict=True)]
+            out["median_round_ratio"] = round(pairs[len(pairs) // 2], 2)
     if a is not None and nice is not None:
         out["below_nice"] = a < nice
     return out
