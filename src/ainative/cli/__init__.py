@@ -7,6 +7,7 @@ import click
 from ainative import __version__
 from ainative.cli.core_cmds import register_core_commands
 from ainative.cli.gpu_cmd import gpu
+from ainative.cli.monitor import monitor
 from ainative.cli.plan_cmd import plan
 from ainative.cli.pool_cmd import pool
 from ainative.cli.stress_cmd import stress
@@ -25,3 +26,4 @@ main.add_command(pool)
 main.add_command(plan)
 main.add_command(gpu)
 main.add_command(trace)
+main.add_command(monitor)

@@ -151,42 +151,44 @@ def _mib(v: Any) -> str:
     return "-" if v is None else f"{int(v) / (1 << 20):.1f} MiB"
 
 
-def render_explain(ex: dict[str, Any]) -> None:
-    console.print(f"[bold]pid {ex['pid']}[/] ({ex['name']})")
+def render_explain(ex: dict[str, Any], out: Console | None = None) -> None:
+    """``ainative explain``, printed to out (default: the terminal)."""
+    c = out or console
+    c.print(f"[bold]pid {ex['pid']}[/] ({ex['name']})")
     if ex.get("excluded"):
-        console.print(f"never touched: {ex['excluded']}")
+        c.print(f"never touched: {ex['excluded']}")
         return
     t = Table(header_style="bold")
     for col in ("signal", "matched", "class", "detail"):
         t.add_column(col, overflow="fold")
     for s in ex["signals"]:
         t.add_row(s["signal"], "yes" if s["matched"] else "no", s["class"] or "-", s["detail"])
-    console.print(t)
+    c.print(t)
     if ex["class"] is None:
-        console.print("class: none (no signal matched); ainative leaves it alone")
+        c.print("class: none (no signal matched); ainative leaves it alone")
         return
-    console.print(f"class: [bold]{ex['class']}[/] (from the first matching signal above)")
+    c.print(f"class: [bold]{ex['class']}[/] (from the first matching signal above)")
     knobs = ", ".join(f"{k}={v}" for k, v in ex.get("knobs", {}).items())
-    console.print(f"class knobs: {knobs}")
+    c.print(f"class knobs: {knobs}")
     if ex.get("activity_rules"):
-        console.print(_activity_rules_line(ex["activity_rules"]))
+        c.print(_activity_rules_line(ex["activity_rules"]))
     if ex.get("activity"):
-        console.print(f"activity: {_activity_cell(ex['activity'])}")
+        c.print(f"activity: {_activity_cell(ex['activity'])}")
     m = ex.get("managed")
     if m:
         if m["applied"]:
             applied = ", ".join(f"{k}={v}" for k, v in m["applied"].items())
-            console.print(f"applied: {applied} on {m['threads']} thread(s)")
+            c.print(f"applied: {applied} on {m['threads']} thread(s)")
         elif m.get("would_apply"):
             would = ", ".join(f"{k}={v}" for k, v in m["would_apply"].items())
-            console.print(f"would apply: {would} on {m['threads']} thread(s)")
+            c.print(f"would apply: {would} on {m['threads']} thread(s)")
         for k, v in m.get("overridden", {}).items():
-            console.print(f"[yellow]backed off {k}[/]: a person changed it ({v})")
+            c.print(f"[yellow]backed off {k}[/]: a person changed it ({v})")
         for k, v in m.get("errors", {}).items():
-            console.print(f"[red]not applied {k}[/]: {v}")
+            c.print(f"[red]not applied {k}[/]: {v}")
     if ex.get("state"):
-        console.print(f"now: {ex['state']}")
+        c.print(f"now: {ex['state']}")
     if ex.get("dry_run"):
-        console.print(ex["dry_run"])
+        c.print(ex["dry_run"])
     if ex.get("offline"):
-        console.print(ex["offline"])
+        c.print(ex["offline"])

@@ -1,8 +1,8 @@
 """The control API: one table of op -> who may call it -> handler, and typed replies.
 
 Who may ask for what is decided here from the caller's SO_PEERCRED credentials, before
-any handler runs: anyone may read (ping, status, explain — other users' processes shown
-without their environment), a user may register or report pools only for their own
+any handler runs: anyone may read (ping, status, explain, latency — other users'
+processes shown without their environment), a user may register or report pools only for their own
 processes (and registration goes through the access policy of the rule files), and only
 root may restore, resume or reload.
 """
@@ -22,6 +22,13 @@ from ainative.core.engine import Managed
 from ainative.core.knobs import describe
 from ainative.core.plan import activity_rules, state_of
 from ainative.core.supervisor import Refused, Supervisor
+from ainative.daemon.metrics import (
+    INFERENCE_BUCKETS_S,
+    RUNQUEUE_BUCKETS_S,
+    DaemonMetrics,
+    bucket_quantile,
+    log2_rebin,
+)
 from ainative.daemon.pools import PoolRegistry, PoolReportError
 from ainative.daemon.telemetry import TelemetryView
 from ainative.ipc.protocol import (
@@ -96,6 +103,44 @@ class DaemonView(TypedDict):
     telemetry: TelemetryView  # events socket, event store, run-queue source
 
 
+class LatencyDist(TypedDict):
+    """One histogram of a process, from the daemon's fixed metric buckets. Quantiles are
+    approximate: the upper bound of the bucket they fall in (None with no samples, and
+    for p99 above the last bound, which over_last then says)."""
+
+    count: int
+    p50_s: float | None
+    p99_s: float | None
+    over_last: bool  # p99 lies above the last bucket bound
+    # log2 buckets: [upper bound in microseconds (a power of two; None: above the last
+    # fixed bound), count], ascending, re-binned from the fixed buckets
+    log2_us: list[tuple[int | None, int]]
+
+
+class TaskLatency(TypedDict):
+    pid: int
+    inference: LatencyDist  # spans the process sent
+    runqueue: LatencyDist  # per-wakeup waits (eBPF); empty with schedstat
+    schedstat_wait_s: float | None  # run-queue wait summed from schedstat (fallback)
+
+
+class LatencyReply(TypedDict):
+    available: bool  # False: the daemon keeps no latency state (metrics off)
+    why: str  # when not available, why
+    tasks: list[TaskLatency]  # managed processes only, the ones status lists
+
+
+def _dist(bounds: tuple[float, ...], counts: tuple[int, ...] | None) -> LatencyDist:
+    if counts is None:
+        return {"count": 0, "p50_s": None, "p99_s": None, "over_last": False, "log2_us": []}
+    p50, p99 = bucket_quantile(bounds, counts, 0.5), bucket_quantile(bounds, counts, 0.99)
+    over = p99 is not None and p99 == float("inf")
+    return {"count": sum(counts),
+            "p50_s": None if p50 is None or p50 == float("inf") else p50,
+            "p99_s": None if over else p99, "over_last": over,
+            "log2_us": log2_rebin(bounds, counts)}
+
+
 class Host(Protocol):
     """What the API needs from the daemon around it."""
 
@@ -125,6 +170,7 @@ class Api:
             Op("ping", Access.ANYONE, self.ping),
             Op("status", Access.ANYONE, self.status),
             Op("explain", Access.ANYONE, self.explain),
+            Op("latency", Access.ANYONE, self.latency),
             Op("register", Access.OWNER, self.register),
             Op("report_pool", Access.OWNER, self.report_pool),
             Op("restore", Access.ROOT, self.restore),
@@ -206,6 +252,28 @@ class Api:
         if self.sup.cfg.dry_run:
             out["dry_run"] = "dry run: nothing is changed, knobs show what would be applied"
         return out
+
+    def latency(self, req: dict[str, Any], peer: Peer) -> LatencyReply:
+        """Per managed process (the ones status lists, nothing else: no unmanaged pid's
+        spans, no span names), its inference and run-queue latency from the metrics."""
+        metrics = getattr(self.host, "metrics", None)
+        if not isinstance(metrics, DaemonMetrics):
+            return {"available": False, "tasks": [],
+                    "why": "the daemon keeps latency with its metrics, which are off "
+                           "(--metrics-address off)"}
+        pids = sorted(m.ident.pid for m in self.sup.engine.managed.values())
+        pids = pids[:MAX_STATUS_TASKS]
+        snap = metrics.latency_snapshot(pids)
+        tasks: list[TaskLatency] = []
+        for pid in pids:
+            lat = snap.get(pid)
+            tasks.append({
+                "pid": pid,
+                "inference": _dist(INFERENCE_BUCKETS_S, lat.inference if lat else None),
+                "runqueue": _dist(RUNQUEUE_BUCKETS_S, lat.runqueue if lat else None),
+                "schedstat_wait_s": round(lat.schedstat_wait_s, 6) if lat else None,
+            })
+        return {"available": True, "why": "", "tasks": tasks}
 
     def register(self, req: dict[str, Any], peer: Peer) -> Mapping[str, Any]:
         pid, cls = int_field(req, "pid"), str_field(req, "class")

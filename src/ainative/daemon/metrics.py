@@ -364,6 +364,23 @@ class DaemonMetrics:
                 rq = proc.runqueue[(comm, cls)] = _Hist(len(RUNQUEUE_BUCKETS_S), series)
             rq.add(RUNQUEUE_BUCKETS_S, ev.wait_ns / 1e9)
 
+    def latency_snapshot(self, pids: Iterable[int]) -> dict[int, PidLatency]:
+        """The latency state of the given pids (those with any), for the control API's
+        ``latency`` op: per pid, its series merged (span names, comm/class pairs). Holds
+        the lock only to add up a few short bucket lists per pid."""
+        out: dict[int, PidLatency] = {}
+        wanted = list(pids)
+        with self._lock:
+            for pid in wanted:
+                proc = self._procs.get(pid)
+                if proc is None:
+                    continue
+                out[pid] = PidLatency(
+                    _merge(proc.inference.values(), len(INFERENCE_BUCKETS_S)),
+                    _merge(proc.runqueue.values(), len(RUNQUEUE_BUCKETS_S)),
+                    sum(float(a[1]) for a in proc.schedstat.values()))
+        return out
+
     # --- the scrape's side ---
 
     def render(self) -> bytes:
@@ -460,6 +477,58 @@ class DaemonMetrics:
                     out.sample(name, pl, v)
 
 
+@dataclass(frozen=True)
+class PidLatency:
+    """One process's latency state, merged over its series: bucket counts (not
+    cumulative; the last is above every bound) over INFERENCE_BUCKETS_S and
+    RUNQUEUE_BUCKETS_S, and the run-queue wait summed from /proc schedstat."""
+
+    inference: tuple[int, ...]
+    runqueue: tuple[int, ...]
+    schedstat_wait_s: float
+
+
+def _merge(hists: Iterable[_Hist], n: int) -> tuple[int, ...]:
+    out = [0] * (n + 1)
+    for h in hists:
+        for i, c in enumerate(h.counts):
+            out[i] += c
+    return tuple(out)
+
+
+def bucket_quantile(bounds: Sequence[float], counts: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0..1) of a fixed-bucket histogram: approximate, the upper bound of
+    the bucket the quantile falls in (inf when it falls above the last bound); None for
+    an empty histogram."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = max(1, math.ceil(q * total))
+    cum = 0
+    for i, n in enumerate(counts):
+        cum += n
+        if cum >= rank:
+            return bounds[i] if i < len(bounds) else math.inf
+    return math.inf
+
+
+def log2_rebin(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[int | None, int]]:
+    """A fixed-bucket histogram (seconds) re-binned to log2 microsecond buckets, as
+    (upper bound in us, a power of two, or None above the last bound; count), ascending,
+    empty buckets left out. Re-binned: each fixed bucket's count goes to the power of two
+    at or above its upper bound, so the log2 view is as coarse as the fixed buckets."""
+    out: dict[int | None, int] = {}
+    for i, n in enumerate(counts):
+        if not n:
+            continue
+        key: int | None = None
+        if i < len(bounds):
+            us = bounds[i] * 1e6
+            key = 1 << max(0, math.ceil(math.log2(us) - 1e-9)) if us > 1 else 1
+        out[key] = out.get(key, 0) + n
+    return sorted(out.items(), key=lambda kv: math.inf if kv[0] is None else kv[0])
+
+
 class _Text:
     """The text exposition format, written as strings are joined."""
 
@@ -495,3 +564,4 @@ class _Text:
 
 def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+

@@ -84,6 +84,11 @@ class Client:
     def explain(self, pid: int) -> dict[str, Any]:
         return self.request("explain", pid=pid)
 
+    def latency(self) -> dict[str, Any]:
+        """Per managed process: inference and run-queue latency (counts, approximate
+        p50/p99, log2 buckets) from the daemon's metrics."""
+        return self.request("latency")
+
     def register(self, pid: int, cls: str) -> dict[str, Any]:
         return self.request("register", pid=pid, **{"class": cls})
 

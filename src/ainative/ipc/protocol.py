@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_REQUEST = 64 * 1024
-READ_OPS = {"ping", "status", "explain"}
+READ_OPS = {"ping", "status", "explain", "latency"}
 ALL_OPS = READ_OPS | {"register", "restore", "resume", "reload", "report_pool"}
 
 
