@@ -49,7 +49,8 @@ def test_answers_agree_with_what_the_kernel_shows() -> None:
     from ainative.telemetry import bpf_setup
 
     first = next((w for w in (bpf_setup.check_privileges(), bpf_setup.check_tracefs(),
-                              bpf_setup.check_bcc(), bpf_setup.check_headers()) if w), "")
+                              bpf_setup.check_bcc(load=False), bpf_setup.check_headers())
+                  if w), "")
     assert mechs["ebpf"].available == (first == "")
     assert (first or "the run-queue source traces") in mechs["ebpf"].detail
 
@@ -59,3 +60,13 @@ def test_probe_leaves_no_cgroup_behind() -> None:
     for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"):
         if os.path.isdir(base):
             assert not [n for n in os.listdir(base) if n.startswith("ainative-probe")]
+
+
+def test_probe_does_not_load_bcc() -> None:
+    # Loading bcc maps libbcc and LLVM (tens of MB that stay): the daemon's start-up probe
+    # only looks for them.
+    import sys
+
+    had = "bcc" in sys.modules
+    probe_mechanisms()
+    assert had or "bcc" not in sys.modules

