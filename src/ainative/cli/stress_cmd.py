@@ -39,6 +39,11 @@ def _service_time(session: Any, feeds: dict[str, Any], budget_s: float = 0.3) ->
     return (time.perf_counter() - t0) / n
 
 
+# With --compare, each scenario's load runs this long before it is measured (config.py
+# says why); a single run measures from its first request.
+LOAD_WARMUP_S = 1.0
+
+
 def _warmup(text: str | None, compare: bool) -> float:
     if text is None:
         return 0.5 if compare else 1.0
@@ -200,7 +205,8 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
         name = model if model in BUILTIN else os.path.basename(model)
         wcfg = WorkloadConfig(model_path=path, model_name=name, rate=rate, duration=dur,
                               batch=batch, threads=threads, device=device, workers=workers,
-                              warmup_s=warmup_s, max_queue_s=max_queue_s, pool=pool_size)
+                              warmup_s=warmup_s, max_queue_s=max_queue_s, pool=pool_size,
+                              load_warmup_s=LOAD_WARMUP_S if compare else 0.0)
         if compare:
             report = _compare(wcfg, conts, chosen, tmp, as_json, rounds)
             keep_tmp = bool(errors(report))

@@ -110,6 +110,9 @@ def run_client(cfg: WorkloadConfig, path: str, before_start: Callable[[], None],
             for _ in range(WARMUP_REQUESTS):
                 c.infer()
         before_start()
+        if cfg.load_warmup_s > 0:  # at the full rate, unmeasured: see WorkloadConfig
+            OpenLoop(LoadConfig(cfg.rate, cfg.load_warmup_s, workers, cfg.late_threshold_s,
+                                cfg.max_queue_s), PerWorker(conns)).run(None, 1.0)
         cpu0 = os.times()
         sched = sched_state()
         wire.call(ctl, Kind.START)

@@ -20,6 +20,10 @@ class WorkloadConfig:
     device: str = "cpu"
     workers: int = 0  # 0: decide from the measured service time
     warmup_s: float = 1.0
+    # Requests sent at the full rate, not measured, before the measurement starts: what is
+    # measured is the steady state, the same for every scenario (a daemon that starts with
+    # its scenario has settled by then, as a system daemon has long before a request).
+    load_warmup_s: float = 0.0
     late_threshold_s: float = 0.001
     max_queue_s: float = 1.0
     pool: str | None = None  # stage every request's inputs in a pinned pool of this size
