@@ -48,9 +48,7 @@ def test_answers_agree_with_what_the_kernel_shows() -> None:
     # eBPF: the run-queue source's own checks, each reason naming what is missing.
     from ainative.telemetry import bpf_setup
 
-    first = next((w for w in (bpf_setup.check_privileges(), bpf_setup.check_tracefs(),
-                              bpf_setup.check_bcc(load=False), bpf_setup.check_headers())
-                  if w), "")
+    first = bpf_setup.first_problem(load_bcc=False)
     assert mechs["ebpf"].available == (first == "")
     assert (first or "the run-queue source traces") in mechs["ebpf"].detail
 

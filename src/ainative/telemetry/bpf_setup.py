@@ -118,6 +118,18 @@ def check_bcc(load: bool = True) -> str:
     return ""
 
 
+def first_problem(load_bcc: bool = True) -> str:
+    """"" when privilege, tracefs, bcc and headers are all there, else the first missing
+    one with its fix. ``load_bcc=False`` does not import bcc (see check_bcc): for a
+    status probe."""
+    for why in (check_privileges, check_tracefs, lambda: check_bcc(load=load_bcc),
+                check_headers):
+        reason = why()
+        if reason:
+            return reason
+    return ""
+
+
 # --- privileges ---
 
 

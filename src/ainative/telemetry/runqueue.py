@@ -312,15 +312,6 @@ def _compile(text: str) -> Any:
         raise RuntimeError(f"the eBPF program did not compile or load: {detail}") from None
 
 
-def _cheap_reason() -> str:
-    for check in (bpf_setup.check_privileges, bpf_setup.check_tracefs,
-                  bpf_setup.check_bcc, bpf_setup.check_headers):
-        why = check()
-        if why:
-            return why
-    return ""
-
-
 _PROBE_TEXT = r"""
 TRACEPOINT_PROBE(sched, sched_switch) { return args->next_pid == 0; }
 """
@@ -331,7 +322,7 @@ def ebpf_preflight() -> str:
     missing and how to fix it: privileges, tracefs, bcc, kernel headers, then a real
     compile, load and attach of a one-line sched_switch program."""
     try:
-        why = _cheap_reason()
+        why = bpf_setup.first_problem()
         if why:
             return why
         b = _compile(_PROBE_TEXT)
@@ -656,7 +647,7 @@ def open_runqueue_source(pids: PidsFn, on_event: OnEvent, *, prefer: str = "ebpf
         why = "the schedstat source was asked for (prefer='schedstat')"
     else:
         try:
-            why = _cheap_reason()
+            why = bpf_setup.first_problem()
             if not why:
                 return EbpfRunqueueSource(pids, on_event, min_wait_ns=min_wait_ns,
                                           refresh_s=refresh_s, batch_s=batch_s)

@@ -168,10 +168,9 @@ def _ebpf() -> Mechanism:
     # compile test: the one place that knows what eBPF needs here and how to fix it.
     from ainative.telemetry import bpf_setup
 
-    for why in (bpf_setup.check_privileges(), bpf_setup.check_tracefs(),
-                bpf_setup.check_bcc(load=False), bpf_setup.check_headers()):
-        if why:
-            return Mechanism("ebpf", False, why)
+    why = bpf_setup.first_problem(load_bcc=False)
+    if why:
+        return Mechanism("ebpf", False, why)
     return Mechanism("ebpf", True, "tracefs, bcc and kernel headers ready: the run-queue "
                                    "source traces sched_wakeup/sched_switch")
 
