@@ -15,21 +15,19 @@ import tempfile
 import time
 from typing import Any
 
+from ainative.core.classes import format_ioprio
 from ainative.ipc.client import Client, DaemonError
 from ainative.ipc.launcher import LaunchError, ScopedDaemon
+from ainative.platform.backend import Backend
 
 # Requests per second: the 4-layer MLP at this rate keeps the server busy (a few percent
 # of a CPU, above the daemon's activity threshold) and leaves the machine alone.
 RATE = 200.0
 
 
-def _priorities(pid: int) -> dict[int, str]:
+def _priorities(backend: Backend, pid: int) -> dict[int, str]:
     """Each thread's CPU and I/O priority as ainative's backend reads them: the inference
     class raises the I/O priority; background work is what it demotes for the CPU."""
-    from ainative.core.classes import format_ioprio
-    from ainative.platform import get_platform
-
-    backend = get_platform(cgroup_root=f"ainative-demo-{os.getpid()}").backend
     out: dict[int, str] = {}
     for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
         try:
@@ -60,10 +58,12 @@ def run_demo(seconds: float) -> int:
         print("ainative demo changes priorities and cgroups: run it as root (sudo).",
               file=sys.stderr)
         return 2
+    from ainative.platform import get_platform
     from ainative.stress import models
     from ainative.stress.config import WorkloadConfig
     from ainative.stress.runner import Workload, WorkloadError
 
+    backend = get_platform(cgroup_root=f"ainative-demo-{os.getpid()}").backend  # to read
     tmp = tempfile.mkdtemp(prefix="ainative-demo-")
     cfg = WorkloadConfig(models.materialise("mlp", tmp), "mlp", rate=RATE,
                          duration=seconds + 20, batch=8, threads=2, warmup_s=0.5)
@@ -78,7 +78,7 @@ def run_demo(seconds: float) -> int:
             return 1
         pair.go()
         pid = pair.server_pid
-        before = _priorities(pid)
+        before = _priorities(backend, pid)
         print(f"launched an ONNX Runtime model server: pid {pid}, listening on "
               f"{pair.socket}, {len(before)} threads, {sorted(set(before.values()))}; "
               f"a load client (pid {pair.client_pid}) sends it {RATE:.0f} requests/s")
@@ -97,11 +97,11 @@ def run_demo(seconds: float) -> int:
 
         render_status(st)
         render_explain({k: v for k, v in cl.explain(pid).items() if k != "ok"})
-        during = _priorities(pid)
+        during = _priorities(backend, pid)
         print(f"every server thread while managed: {sorted(set(during.values()))}")
         time.sleep(seconds)
         daemon.stop()
-        after = _priorities(pid)
+        after = _priorities(backend, pid)
         same = all(after.get(t) == v for t, v in before.items() if t in after)
         print(f"daemon stopped; every server thread now: "
               f"{sorted(set(after.values()))} ({'restored' if same else 'NOT restored'})")
