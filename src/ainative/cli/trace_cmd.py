@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
+from ainative.platform import pid_alive
 from ainative.telemetry.events import Event, RunqueueLatency
 from ainative.units import UnitError, parse_duration
 
@@ -50,21 +51,6 @@ def _comm(pid: int) -> str:
             return f.read(64).strip()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is gone for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _fail(msg: str) -> NoReturn:
@@ -156,7 +142,7 @@ def record(output: str, duration: str | None, pids: tuple[int, ...], socket_path
 
     seconds = _duration(duration)
     for pid in pids:
-        if not _alive(pid):
+        if not pid_alive(pid):
             _fail(f"--pid {pid}: no such process")
     if os.path.lexists(output):
         if not force:
@@ -234,7 +220,7 @@ def record(output: str, duration: str | None, pids: tuple[int, ...], socket_path
             written += store.add(rec.drain())
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            if pids and not any(_alive(p) for p in pids):
+            if pids and not any(pid_alive(p) for p in pids):
                 break
     except KeyboardInterrupt:
         pass

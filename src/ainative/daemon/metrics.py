@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -560,8 +559,4 @@ class _Text:
 
     def bytes(self) -> bytes:
         return "".join(self.parts).encode()
-
-
-def alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
 

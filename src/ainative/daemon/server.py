@@ -36,7 +36,7 @@ from ainative.daemon import statedir
 from ainative.daemon.api import Api, DaemonView, MetricsView
 from ainative.daemon.exporter import ExporterError, MetricsAddress, MetricsServer
 from ainative.daemon.gpusampler import DEFAULT_INTERVAL_S, GpuSampler
-from ainative.daemon.metrics import DaemonMetrics, alive
+from ainative.daemon.metrics import DaemonMetrics
 from ainative.daemon.pools import MAX_POOLS, PoolRegistry
 from ainative.daemon.telemetry import (
     LoopQueue,
@@ -54,7 +54,7 @@ from ainative.daemon.telemetry import (
 from ainative.daemon.transport import Limits, Transport, TransportError
 from ainative.gpu import nvml
 from ainative.gpu.metrics import GpuCollector
-from ainative.platform import Platform, get_platform
+from ainative.platform import Platform, get_platform, pid_alive
 from ainative.platform.base import EventSource, MechanismUnavailable, TaskId
 from ainative.telemetry.collector import EventReceiver
 from ainative.telemetry.sink import Fanout
@@ -99,7 +99,7 @@ class StartupError(Exception):
 class Daemon:
     def __init__(self, config: DaemonConfig, platform: Platform | None = None) -> None:
         self.cfg = config
-        if config.scope_pid is not None and not _exists(config.scope_pid):
+        if config.scope_pid is not None and not pid_alive(config.scope_pid):
             raise StartupError(f"--scope-descendants {config.scope_pid}: no such process")
         try:
             self.platform = platform or get_platform(cgroup_root=config.cgroup_root,
@@ -419,7 +419,7 @@ class Daemon:
             self.metrics.observe_reconcile(time.perf_counter() - t0)
             if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
                 self._last_sweep = time.monotonic()
-                self.metrics.sweep(alive)
+                self.metrics.sweep(pid_alive)
         if self.journal:
             self.journal.maybe_compact()
         self._update_runqueue_pids()
@@ -571,14 +571,4 @@ class Daemon:
         for rq in self.runqueue_queue.drain():
             self.sinks.emit(rq)
         self.runqueue_queue.close()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 

@@ -10,6 +10,7 @@ platform is a new subpackage and one more branch in get_platform.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from ainative.platform.backend import Backend
 from ainative.platform.base import EventSource, Mechanism, MechanismUnavailable
 
-__all__ = ["Platform", "get_platform"]
+__all__ = ["Platform", "get_platform", "pid_alive"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,24 @@ def get_platform(*, cgroup_root: str = "ainative", poll_interval: float = 0.5,
         return linux_platform(cgroup_root=cgroup_root, poll_interval=poll_interval,
                               cgroup_mount=cgroup_mount)
     raise MechanismUnavailable(f"ainative has no backend for {sys.platform} yet")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited: a zombie (exited, not yet
+    reaped) is gone. The one such check (the daemon's scope, its metrics' sweep, the trace
+    recorder's --pid); one signal-0 call and, where there is a /proc, one small read."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's: it exists
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # no /proc here: signal 0 said it exists
+    except (OSError, IndexError):
+        return False
