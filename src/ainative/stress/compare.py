@@ -251,10 +251,9 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ra = results["ainative"].get("rounds") or []
         rb = results["alone"].get("rounds") or []
         if len(ra) == len(rb) > 1 and all(x["p99_ms"] > 0 for x in rb):
-            pairs = sorted(x["p99_ms"] / y["p99_ms"] for x, y in zip(ra, rb, strict=True))
-            out["ainative_vs_alone_p99_by_round"] = [
-                round(x["p99_ms"] / y["p99_ms"], 2) for x, y in zip(ra, rb, strict=True)]
-            out["median_round_ratio"] = round(pairs[len(pairs) // 2], 2)
+            ratios = [x["p99_ms"] / y["p99_ms"] for x, y in zip(ra, rb, strict=True)]
+            out["ainative_vs_alone_p99_by_round"] = [round(r, 2) for r in ratios]
+            out["median_round_ratio"] = round(sorted(ratios)[len(ratios) // 2], 2)
     if a is not None and nice is not None:
         out["below_nice"] = a < nice
     return out
