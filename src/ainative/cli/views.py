@@ -63,6 +63,9 @@ def render_status(st: dict[str, Any]) -> None:
     act = st.get("activity")
     if act:
         console.print(_activity_rules_line(act))
+    if st.get("guard"):
+        for line in guard_lines(st["guard"]):
+            console.print(line)
     t = Table(title=f"AI tasks: {st['task_count']}", header_style="bold")
     for col in ("pid", "name", "class", "signals", "activity", "knobs", "cpu s", "since"):
         t.add_column(col, overflow="fold")
@@ -116,6 +119,24 @@ def _telemetry_lines(t: dict[str, Any]) -> None:
                       f"{rq.get('watched', 0)} processes")
 
 
+def guard_lines(g: dict[str, Any]) -> list[str]:
+    """The closed loop: its step, the wait that put it there, and whom it demotes."""
+    if not g.get("enabled"):
+        return ["guard: off ([guard] enabled = false)"]
+    ratio = "-" if g.get("wait_ratio") is None else f"{g['wait_ratio']:.3f}"
+    head = (f"guard: step {g['step']}/{len(g['steps'])}"
+            f"{' (' + g['step_name'] + ')' if g.get('step_name') else ''}; serving run-queue "
+            f"wait {ratio} s per CPU-s (climb > {g['wait_high']:g}, come down < "
+            f"{g['wait_low']:g} for {g['hold_s']:g} s)")
+    out = [head]
+    if g.get("why"):
+        out.append(f"  last change: {g['why']}")
+    for c in g.get("contenders", []):
+        knobs = ", ".join(f"{k}={v}" for k, v in c["knobs"].items())
+        out.append(f"  demoted: pid {c['pid']} {c['name']} ({c['cpu_percent']:.0f}% cpu): {knobs}")
+    return out
+
+
 def _activity_rules_line(act: dict[str, Any]) -> str:
     busy = "yes: demotions in force" if act.get("serving_busy") else "no: nothing demoted"
     return (f"activity: busy at >= {act['active_cpu_percent']:g}% of a CPU over "
@@ -158,6 +179,11 @@ def render_explain(ex: dict[str, Any], out: Console | None = None) -> None:
     if ex.get("excluded"):
         c.print(f"never touched: {ex['excluded']}")
         return
+    held = ex.get("guard")
+    if held:
+        knobs = ", ".join(f"{k}={v}" for k, v in held["knobs"].items())
+        c.print(f"demoted by the closed loop ({held['cpu_percent']:.0f}% cpu): {knobs}; "
+                f"{held['why']}")
     t = Table(header_style="bold")
     for col in ("signal", "matched", "class", "detail"):
         t.add_column(col, overflow="fold")

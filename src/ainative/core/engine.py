@@ -29,7 +29,7 @@ from ainative import log
 from ainative.core.classes import ClassPolicy
 from ainative.core.classifier import Decision
 from ainative.core.journal import Change, Journal
-from ainative.core.knobs import THREAD_KNOBS, comparable, describe
+from ainative.core.knobs import THREAD_KNOBS, comparable, describe, knobs_for
 from ainative.platform.backend import Backend
 from ainative.platform.base import ProcessGone, TaskId
 from ainative.telemetry.events import (
@@ -52,6 +52,10 @@ def thread_targets(cls: ClassPolicy) -> dict[str, Any]:
         t["ioprio"] = list(cls.ioprio)
     if cls.affinity is not None:
         t["affinity"] = sorted(cls.affinity)
+    if cls.priority_class is not None:
+        t["priority_class"] = cls.priority_class
+    if cls.thread_priority is not None:
+        t["thread_priority"] = cls.thread_priority
     return t
 
 
@@ -140,6 +144,11 @@ class Engine:
         self._cgroup_paths: dict[str, dict[str, str]] = {}
         self._cgroup_error: dict[str, str] = {}
         self._prepared: dict[str, ClassPolicy] = {}  # the class each group was set up for
+        # The closed loop's imposer (core/imposer.py) layers its own values on processes;
+        # before the engine undoes a process it asks the loop to take its layer off first,
+        # and a value the loop wrote is not a person's manual override.
+        self.before_undo: Callable[[TaskId, str], object] = lambda _ident, _why: None
+        self.layered: Callable[[int, str], Any] = lambda _tid, _knob: None
 
     # --- deciding ---
 
@@ -166,10 +175,12 @@ class Engine:
             return None
         m = Managed(decision.ident, decision.name, decision.cls, decision, since=self.clock(),
                     policy=cls, pin=pin)
-        m.targets = thread_targets(cls)
+        # A class may name Linux and Windows knobs; this backend sets only its own.
+        mine = knobs_for(self.backend.name)
+        m.targets = {k: v for k, v in thread_targets(cls).items() if k in mine}
         if inherited is not None and inherited.active:
             m.baseline = dict(inherited.baseline)
-        if cls.cgroup and self.cgroups_enabled:
+        if cls.cgroup and self.cgroups_enabled and "cgroup" in mine:
             paths = self._group_paths(cls)
             if paths:
                 m.targets["cgroup"] = paths
@@ -272,8 +283,9 @@ class Engine:
             log.warn("catch_up_failed", pid=m.ident.pid, error=str(e))
 
     def deactivate(self, m: Managed, why: str) -> None:
+        self.before_undo(m.ident, why)
         self._catch_up(m)
-        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin},
+        rep = self.undo_changes(list(m.owned.values()), {m.ident: m.pin},
                                  why=restore_why("lifted", why))
         m.owned.clear()
         m.threads.clear()
@@ -462,7 +474,7 @@ class Engine:
             except (PermissionError, OSError):
                 continue
             cur = comparable(cur, c.new)
-            if cur != c.new:
+            if cur != c.new and cur != self.layered(tid, knob):
                 what = f"thread {tid}: {describe(knob, c.new)} -> {describe(knob, cur)}"
                 m.overridden[knob] = what
                 self._close(m, c, "released")
@@ -487,9 +499,10 @@ class Engine:
         m = self.managed.get(ident)
         if m is None:
             return UndoReport()
+        self.before_undo(ident, why)
         self._catch_up(m)
         del self.managed[ident]
-        rep = self._undo_changes(list(m.owned.values()), {m.ident: m.pin},
+        rep = self.undo_changes(list(m.owned.values()), {m.ident: m.pin},
                                  why=restore_why("restored", why))
         self._unpin(m)
         log.event("unmanaged", pid=ident.pid, name=m.name, cls=m.cls, why=why, undone=rep.undone)
@@ -525,7 +538,7 @@ class Engine:
 
     # --- undoing ---
 
-    def _undo_changes(self, changes: list[Change],
+    def undo_changes(self, changes: list[Change],
                       pins: dict[TaskId, int | None] | None = None, *,
                       why: str) -> UndoReport:
         """Write back each change's old value where the task and the value are still
@@ -574,7 +587,7 @@ class Engine:
             self._catch_up(m)
         if self.journal is not None:
             changes = self.journal.in_force()
-            rep = self._undo_changes(changes, why=restore_why("restored", why))
+            rep = self.undo_changes(changes, why=restore_why("restored", why))
             if not self.dry_run:
                 self._put_back_inherited(changes, rep)
             self.journal.compact()
@@ -601,7 +614,7 @@ class Engine:
         live = {p for p in origin if self._alive(p)}
         # Descendants are found from the parent map, which costs a read of every
         # process: only when some journaled process is still there to have any.
-        parents = self._parent_map() if live else {}
+        parents = self.parent_map() if live else {}
         by_pid = {p.pid: p for p in live}
 
         def ancestor(pid: int) -> TaskId | None:
@@ -614,13 +627,13 @@ class Engine:
             return None
 
         for proc in live:
-            self._reset_values(proc.pid, origin[proc], journaled, rep, proc,
+            self.reset_values(proc.pid, origin[proc], journaled, rep, proc,
                                restore_why("inherited", "by a thread created after the "
                                            "change"))
         for pid in parents:
             anc = ancestor(pid)
             if anc is not None:
-                self._reset_values(pid, origin[anc], journaled, rep, None,
+                self.reset_values(pid, origin[anc], journaled, rep, None,
                                    restore_why("inherited", f"from managed ancestor {anc.pid}"))
         try:
             strays = self.backend.cgroup_members()
@@ -651,7 +664,7 @@ class Engine:
         except ProcessGone:
             return False
 
-    def _parent_map(self) -> dict[int, int]:
+    def parent_map(self) -> dict[int, int]:
         out: dict[int, int] = {}
         for pid in self.backend.list_pids():
             try:
@@ -660,7 +673,7 @@ class Engine:
                 continue
         return out
 
-    def _reset_values(self, pid: int, values: dict[str, tuple[Any, Any]],
+    def reset_values(self, pid: int, values: dict[str, tuple[Any, Any]],
                       journaled: set[tuple[int, int]], rep: UndoReport,
                       proc: TaskId | None, why: str) -> None:
         """Put back, on every thread of pid not journaled itself, each thread knob whose

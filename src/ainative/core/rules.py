@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeGuard
 
 from ainative.core.access import OPT_OUT, AccessPolicy, Grant
 from ainative.core.classes import BadClassKey, ClassPolicy, ConfigError, class_from_table
+from ainative.core.guard import BadGuardKey, GuardConfig, guard_config
 from ainative.fsnames import file_kind, user_label
 
 try:  # PyPI google-re2; a declared dependency, but say so in one line if it is missing
@@ -37,7 +38,7 @@ except ImportError:  # pragma: no cover - exercised only on a broken install
 DEFAULT_RULES_DIR = "/etc/ainative/rules.d"
 MAX_RULE_FILE = 1 << 20
 
-_TOP_KEYS = {"classes", "rule", "ignore", "settings", "access"}
+_TOP_KEYS = {"classes", "rule", "ignore", "settings", "access", "guard"}
 _CONDITION_KEYS = {"comm", "exe", "cmdline", "user", "cgroup", "parent", "library", "runtime"}
 _RULE_KEYS = {"name", "class", *_CONDITION_KEYS}
 _IGNORE_KEYS = {"name", *_CONDITION_KEYS}
@@ -212,6 +213,9 @@ class RuleSet:
     access: AccessPolicy = field(default_factory=AccessPolicy)
     # [[ignore]] tables: processes never touched, whatever else says. Later files first.
     ignores: list[Rule] = field(default_factory=list)
+    # [guard]: the closed loop's settings (core/guard.py); later files change only the
+    # keys they name.
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def uses_parent(self) -> bool:
@@ -378,6 +382,13 @@ def parse_rules_text(text: str, source: str, into: RuleSet) -> None:
     _parse_settings(data.get("settings", {}), at, into)
     _parse_classes(data.get("classes", {}), at, source, into)
     _parse_access(data.get("access", {}), at, into)
+    raw_guard = data.get("guard", {})
+    if not isinstance(raw_guard, dict):
+        raise ConfigError(f"{at(['guard'])}: [guard] must be a table")
+    try:
+        into.guard = guard_config(raw_guard, into.guard)
+    except BadGuardKey as e:
+        raise ConfigError(f"{at(['guard'], e.key)}: {e}") from None
 
     raw_rules = data.get("rule", [])
     if not isinstance(raw_rules, list):

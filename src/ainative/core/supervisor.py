@@ -25,6 +25,9 @@ from ainative import log
 from ainative.core.activity import ActivityConfig, ActivityTracker, ActivityView
 from ainative.core.classifier import Classifier, Decision
 from ainative.core.engine import Engine, Managed, UndoReport
+from ainative.core.guard import GuardView
+from ainative.core.guardloop import GuardLoop
+from ainative.core.imposer import Imposer
 from ainative.core.journal import Journal
 from ainative.core.rules import RuleSet
 from ainative.platform.backend import Backend
@@ -82,6 +85,10 @@ class Supervisor:
         self.engine = Engine(backend, journal, rules.classes, dry_run=config.dry_run,
                              cgroups_enabled=config.cgroups, busy=self.activity.busy,
                              sink=sink)
+        # The closed loop (core/guard.py): demotes competing work as far as the busy
+        # serving processes' run-queue wait asks, on the activity tick.
+        self.imposer = Imposer(self.engine)
+        self.guard = GuardLoop(backend, self.classifier, self.imposer, rules.guard)
         self._next_sample: float | None = None
         # Whether any process's activity is watched: the loop wakes for activity ticks only
         # then (set when one is managed, recomputed at each tick), so an idle daemon with
@@ -100,6 +107,7 @@ class Supervisor:
         journal = self.engine.journal
         if journal is None or not journal.in_force():
             return None
+        self.imposer.release_all("crash recovery")
         rep = self.engine.restore_all(pause=False, why="crash recovery")
         self._cleanup()
         return rep
@@ -107,7 +115,9 @@ class Supervisor:
     def stop(self) -> UndoReport:
         """Undo everything (children and threads that inherited included), remove the
         empty groups, release every pin."""
-        rep = self.engine.restore_all(pause=True, why="daemon stopping")
+        self.guard.stand_down()
+        rep = self.imposer.release_all("daemon stopping")
+        rep.add(self.engine.restore_all(pause=True, why="daemon stopping"))
         self._cleanup()
         for ident in list(self.engine.managed):
             self.engine.forget(ident, "daemon stopping")
@@ -150,6 +160,7 @@ class Supervisor:
         self._waiting.pop(pid, None)
         self.activity.forget(pid)
         self._listen_checked.pop(pid, None)
+        self.imposer.forget_exited(pid)
 
     def managed_by_pid(self, pid: int) -> Managed | None:
         for ident, m in self.engine.managed.items():
@@ -296,8 +307,17 @@ class Supervisor:
         self.activity.keep_only({m.ident for m in watched})
         for pid in recheck:
             self.examine(pid)  # a listening socket now makes it serving
+        if not self.engine.paused:
+            # Before update_activation: a serving process that went idle takes the loop
+            # to step 0 (its layer off) before the classes it turned on are lifted.
+            serving = [m for m in self.engine.managed.values() if self._is_serving(m)]
+            self.guard.tick(now, [m for m in serving if self.activity.busy(m.ident)],
+                            {m.ident for m in serving})
         if changed:
             self.engine.update_activation()
+
+    def guard_view(self) -> GuardView:
+        return self.guard.view(self.clock())
 
     def activity_view(self, ident: TaskId) -> ActivityView | None:
         return self.activity.view(ident, self.clock())
@@ -312,6 +332,7 @@ class Supervisor:
         classified again under the new rules, everything else re-checked."""
         self.rules = rules
         self.classifier.rules = rules
+        self.guard.reconfigure(rules.guard, "rules reloaded")
         cfg = activity_config(rules)
         if cfg != self.activity.config:
             self.activity.config = cfg
@@ -353,7 +374,9 @@ class Supervisor:
         return m
 
     def restore(self) -> UndoReport:
-        rep = self.engine.restore_all(pause=True, why="restore requested")
+        self.guard.stand_down()
+        rep = self.imposer.release_all("restore requested")
+        rep.add(self.engine.restore_all(pause=True, why="restore requested"))
         self._cleanup()
         return rep
 

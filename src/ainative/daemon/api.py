@@ -217,6 +217,7 @@ class Api:
             "gpu": self.host.gpu_view(),
             "classes": {n: c.knobs_summary() for n, c in classes.items()},
             "activity": activity_rules(self.sup),
+            "guard": self.sup.guard_view(),
             "task_count": len(managed),
             "tasks": tasks,
             "tasks_truncated": max(0, len(managed) - MAX_STATUS_TASKS),
@@ -248,6 +249,12 @@ class Api:
             out["activity"] = self.sup.activity_view(m.ident)
         elif d.cls is not None:
             out["state"] = "decided just now; applied on the next event"
+        held = self.sup.guard.contender_view(d.ident)
+        if held is not None:
+            # A competitor the closed loop demotes, managed by a class or not.
+            out["guard"] = held
+            if m is None:
+                out["state"] = f"demoted by the closed loop: {held['why']}"
         out["activity_rules"] = activity_rules(self.sup)
         if self.sup.cfg.dry_run:
             out["dry_run"] = "dry run: nothing is changed, knobs show what would be applied"

@@ -1,0 +1,237 @@
+"""The closed loop's driver: measures, asks the ladder (core/guard.py), finds the competing
+processes and has the imposer (core/imposer.py) hold the step's knobs on them.
+
+Called by the supervisor on its activity tick (four times a second while something
+serves). What it reads each tick: the schedstat wait of every thread of the busy serving
+processes and their CPU time. Only while the ladder is above step 0, or the wait is above
+its threshold, it also reads the CPU time of every process, once a second, to find the
+busiest competitors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ainative import log
+from ainative.core.classifier import Classifier
+from ainative.core.engine import Managed
+from ainative.core.guard import (
+    ContenderView,
+    GuardConfig,
+    GuardView,
+    Ladder,
+    WaitMeter,
+    fence_cpus,
+    pick_contenders,
+)
+from ainative.core.imposer import Imposer
+from ainative.core.knobs import describe
+from ainative.platform.backend import Backend
+from ainative.platform.base import SCHED_IDLE, ProcessGone, TaskId
+
+# How often the competitors are looked for while the loop is engaged.
+_SCAN_EVERY_S = 1.0
+# A demoted competitor is released once it uses less than this (percent of one CPU): a
+# demoted process gets less CPU than the threshold that found it, so the threshold that
+# keeps it is lower, or the loop would release and find it again in turns.
+_RELEASE_BELOW_PERCENT = 5.0
+
+
+@dataclass
+class _Rate:
+    ident: TaskId
+    t: float
+    cpu: float
+    percent: float = 0.0
+
+
+class GuardLoop:
+    def __init__(self, backend: Backend, classifier: Classifier, imposer: Imposer,
+                 config: GuardConfig, *, online_cpus: Callable[[], list[int]] | None = None
+                 ) -> None:
+        self.backend = backend
+        self.classifier = classifier
+        self.imposer = imposer
+        self.config = config
+        self.ladder = Ladder(config)
+        self.meter = WaitMeter(config.window_s)
+        self.ratio: float | None = None
+        self._online = online_cpus or (lambda: sorted(os.sched_getaffinity(0)))
+        self._rates: dict[int, _Rate] = {}
+        self._next_scan = 0.0
+        self._excluded: dict[TaskId, str | None] = {}
+        self._self_original = sorted(os.sched_getaffinity(0))
+        self._self_cpus: list[int] | None = None
+
+    def reconfigure(self, config: GuardConfig, why: str) -> None:
+        if config == self.config:
+            return
+        self.stand_down()
+        self.imposer.release_all(why)
+        self.config = config
+        self.ladder = Ladder(config)
+        self.meter = WaitMeter(config.window_s)
+
+    def stand_down(self) -> None:
+        """Back to step 0 (the caller undoes what the imposer holds)."""
+        self.ladder = Ladder(self.config)
+        self.meter.reset()
+        self.ratio = None
+        self._rates.clear()
+        self._keep_self_off(None)
+
+    def _keep_self_off(self, cpus: list[int] | None) -> None:
+        """While the fence is up, the daemon's own threads stay on the competitors' CPUs
+        too, out of the reserved ones' way; ``None`` gives them their CPUs back. Its own
+        process: not journaled (a crash ends it)."""
+        if cpus == self._self_cpus:
+            return
+        target = cpus if cpus is not None else self._self_original
+        try:
+            for tid in self.backend.list_threads(os.getpid()):
+                os.sched_setaffinity(tid, target)
+            self._self_cpus = cpus
+        except OSError as e:
+            log.warn("guard_self_affinity_failed", error=str(e))
+
+    # --- one tick ---
+
+    def tick(self, now: float, busy_serving: list[Managed], serving: set[TaskId]) -> None:
+        waits: dict[tuple[int, int], int] = {}
+        cpus: dict[int, float] = {}
+        for m in busy_serving:
+            pid = m.ident.pid
+            try:
+                user, system = self.backend.cpu_times(pid)
+                cpus[pid] = user + system
+                for tid in self.backend.list_threads(pid):
+                    try:
+                        waits[(pid, tid)] = self.backend.run_queue_wait_ns(pid, tid)
+                    except (ProcessGone, OSError):
+                        continue
+            except (ProcessGone, PermissionError, OSError):
+                continue
+        self.meter.add(now, waits, cpus)
+        self.ratio = self.meter.ratio(self.config.min_cpu_ms / 1000.0)
+        before = self.ladder.step
+        step = self.ladder.observe(now, self.ratio, bool(busy_serving))
+        if step != before:
+            log.event("guard_step", step=step, name=self._step_name(step),
+                      why=self.ladder.why)
+        if step == 0:
+            if self.imposer.imposed:
+                self.imposer.release_all(self.ladder.why or "step 0")
+            self._rates.clear()
+            self._keep_self_off(None)
+            return
+        if step != before or now >= self._next_scan:
+            self._next_scan = now + _SCAN_EVERY_S
+            self._hold(now, serving)
+        else:
+            self.imposer.catch_up()
+
+    def _step_name(self, step: int) -> str | None:
+        return self.config.steps[step - 1] if step else None
+
+    def _knobs(self) -> dict[str, object]:
+        knobs: dict[str, object] = {}
+        names = self.ladder.step_names()
+        if "weight" in names:
+            knobs["nice"] = 19
+        if "idle" in names:
+            knobs["policy"] = [SCHED_IDLE, 0]
+        if "fence" in names:
+            fence = fence_cpus(self._online(), self.config.reserve_cpus)
+            if fence is not None:
+                knobs["affinity"] = fence[0]
+        return knobs
+
+    def _hold(self, now: float, serving: set[TaskId]) -> None:
+        """Find the competitors and make the step's knobs what the imposer holds on them."""
+        percent = self._scan(now)
+        wanted = set(pick_contenders(percent, self.config.contender_cpu_percent,
+                                     self.config.max_contenders))
+        knobs = self._knobs()
+        self._keep_self_off(knobs.get("affinity"))  # type: ignore[arg-type]
+        held = {i.pid: i for i in self.imposer.imposed}
+        for pid, ident in held.items():
+            if percent.get(pid, 0.0) < _RELEASE_BELOW_PERCENT and pid not in wanted:
+                self.imposer.release(ident, f"uses {percent.get(pid, 0.0):.0f} % of a CPU")
+        why = f"step {self.ladder.step} ({self._step_name(self.ladder.step)}): {self.ladder.why}"
+        for pid in sorted(wanted | (set(held) & set(percent))):
+            r = self._rates.get(pid)
+            if r is None or r.ident in serving:
+                continue
+            if self._exclusion(r.ident) is not None:
+                continue
+            try:
+                name = self.backend.process_name(pid)
+            except (ProcessGone, PermissionError, OSError):
+                continue
+            self.imposer.impose(r.ident, name, dict(knobs), why)
+
+    def _scan(self, now: float) -> dict[int, float]:
+        """Percent of one CPU each process used since the last scan (new ones: none yet)."""
+        out: dict[int, float] = {}
+        seen: dict[int, _Rate] = {}
+        for pid in self.backend.list_pids():
+            try:
+                user, system = self.backend.cpu_times(pid)
+                prev = self._rates.get(pid)
+                if prev is not None and now > prev.t:
+                    pct = max(0.0, (user + system - prev.cpu) / (now - prev.t) * 100.0)
+                    seen[pid] = _Rate(prev.ident, now, user + system, pct)
+                    out[pid] = pct
+                else:
+                    seen[pid] = _Rate(self.backend.task_id(pid), now, user + system)
+            except (ProcessGone, PermissionError, OSError):
+                continue
+        # A pid whose start time changed is a new process: its rate starts again.
+        self._rates = seen
+        alive = {r.ident for r in seen.values()}
+        self._excluded = {i: e for i, e in self._excluded.items() if i in alive}
+        return out
+
+    def _exclusion(self, ident: TaskId) -> str | None:
+        """Why ident is never demoted by the loop (cached per process), or None."""
+        if ident in self._excluded:
+            return self._excluded[ident]
+        try:
+            info = self.backend.read_process(ident.pid)
+            if info.ident != ident:
+                return "gone"
+            d = self.classifier.classify(info, managed=False, libraries=False)
+            why = d.excluded
+        except (ProcessGone, PermissionError, OSError) as e:
+            why = f"cannot be read: {e}"
+        self._excluded[ident] = why
+        return why
+
+    # --- what status and explain show ---
+
+    def view(self, now: float) -> GuardView:
+        contenders = [self._contender(i) for i in self.imposer.imposed]
+        fence = fence_cpus(self._online(), self.config.reserve_cpus)
+        step = self.ladder.step
+        return GuardView(
+            enabled=self.config.enabled, step=step, step_name=self._step_name(step),
+            steps=list(self.config.steps),
+            wait_ratio=None if self.ratio is None else round(self.ratio, 4),
+            wait_high=self.config.wait_high, wait_low=self.config.wait_low,
+            hold_s=self.ladder.hold_s, why=self.ladder.why,
+            since_s=None if self.ladder.since is None else round(now - self.ladder.since, 2),
+            contenders=sorted(contenders, key=lambda c: c["pid"]),
+            reserved_cpus=fence[1] if fence and "fence" in self.config.steps else [])
+
+    def contender_view(self, ident: TaskId) -> ContenderView | None:
+        return self._contender(ident) if ident in self.imposer.imposed else None
+
+    def _contender(self, ident: TaskId) -> ContenderView:
+        imp = self.imposer.imposed[ident]
+        r = self._rates.get(ident.pid)
+        return ContenderView(pid=ident.pid, name=imp.name,
+                             cpu_percent=round(r.percent, 1) if r else 0.0,
+                             knobs={k: describe(k, v) for k, v in imp.knobs.items()},
+                             why=imp.why, errors=dict(imp.errors))

@@ -1,0 +1,128 @@
+"""The closed loop end to end: a real daemon, a real ONNX Runtime server taking requests
+over a Unix socket, and four busy loops that no rule knows (plain `python3 -c 'while
+True: pass'`). While the server waits for a CPU the loop climbs its ladder on the loops
+(nice 19, then SCHED_IDLE, then a fence off the reserved CPU), read back from /proc; when
+the server goes idle every step is undone; a stop and a kill -9 followed by a restart put
+every value back too.
+
+The thresholds are set low and the steps short so the ladder climbs within seconds on
+any machine (what is tested is the mechanism, not the default thresholds, which the
+benchmark benchmarks/bench_guard_tail.py measures).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon_helpers import (
+    SERVING_CHILD,
+    Children,
+    DaemonProc,
+    affinity_of,
+    needs_root,
+    nice_of,
+    policy_of,
+    snapshot,
+)
+from test_serving import requests, wait_for
+
+pytestmark = needs_root
+
+SCHED_IDLE = 5
+LOOP = "import sys\nprint('ready', flush=True)\nwhile True: pass"
+RULES = """
+[settings]
+idle_after = "2s"
+[guard]
+wait_high = 0.005
+wait_low = 0.001
+step_up = "0.5s"
+hold = "30s"
+contender_cpu_percent = 20
+"""
+
+
+def _loops(children: Children, n: int = 4) -> list[int]:
+    return [children.python(LOOP).pid for _ in range(n)]
+
+
+def _fenced(pid: int, keep: str) -> bool:
+    return (nice_of(pid, pid) == 19 and policy_of(pid, pid) == SCHED_IDLE
+            and affinity_of(pid, pid) == keep)
+
+
+def _keep_cpus() -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    keep = cpus[:-1]
+    return str(keep[0]) if len(keep) == 1 else f"{keep[0]}-{keep[-1]}"
+
+
+def _climb(d: DaemonProc, srv: int, hogs: list[int]) -> None:
+    """Requests flow until at least one loop is fenced; the status names it and the
+    step, explain names the measurement."""
+    keep = _keep_cpus()
+    took = wait_for(lambda: any(_fenced(h, keep) for h in hogs), 25, step=0.1)
+    assert took is not None, f"never fenced: {d.client.status()['guard']}"
+    g = d.client.status()["guard"]
+    assert g["step"] >= 1 and g["contenders"], g
+    held = {c["pid"] for c in g["contenders"]}
+    assert held <= set(hogs), f"demoted something else: {held - set(hogs)}"
+    assert srv not in held
+    ex = d.client.explain(next(iter(held)))
+    assert ex["guard"]["knobs"] and "wait" in ex["guard"]["why"], ex
+
+
+def test_unknown_busy_loops_are_fenced_while_serving_waits_and_released_when_idle(
+        children: Children, start_daemon: Callable[..., DaemonProc]) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        import pytest
+        pytest.skip("the fence needs two CPUs (one reserved, one for the rest)")
+    srv = children.python(SERVING_CHILD, "listen", "idle")
+    hogs = _loops(children)
+    before = {h: snapshot(h) for h in hogs}
+    srv_before = snapshot(srv.pid)
+    d = start_daemon(rules_text=RULES, always_on=False)
+    with requests(srv.pid, rate=300):
+        _climb(d, srv.pid, hogs)
+        # Every thread of the server is left as its class sets it, nothing from the loop.
+        assert all(nice_of(srv.pid, t) == 0 for t in snapshot(srv.pid) if t > 0)
+    # No requests: the server goes idle after idle_after, the loop to step 0, all undone.
+    took = wait_for(lambda: all(snapshot(h) == before[h] for h in hogs), 10, step=0.1)
+    assert took is not None, f"not released: {d.client.status()['guard']}"
+    assert wait_for(lambda: snapshot(srv.pid) == srv_before, 5) is not None
+    g = d.client.status()["guard"]
+    assert g["step"] == 0 and g["contenders"] == []
+    events = [e["event"] for e in d.log()]
+    assert "guard_step" in events and "guard_released" in events
+
+
+def test_stop_and_kill9_undo_every_step(
+        children: Children, start_daemon: Callable[..., DaemonProc], tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        import pytest
+        pytest.skip("the fence needs two CPUs (one reserved, one for the rest)")
+    srv = children.python(SERVING_CHILD, "listen", "idle")
+    hogs = _loops(children)
+    before = {h: snapshot(h) for h in hogs}
+    with requests(srv.pid, rate=300):
+        d = start_daemon(rules_text=RULES, always_on=False)
+        _climb(d, srv.pid, hogs)
+        assert d.stop(signal.SIGTERM) == 0
+        assert all(snapshot(h) == before[h] for h in hogs), "stop left a demotion"
+
+        d2 = start_daemon(rules_text=RULES, always_on=False, state="state2")
+        _climb(d2, srv.pid, hogs)
+        d2.stop(signal.SIGKILL)
+        assert any(snapshot(h) != before[h] for h in hogs), "kill -9 must leave them"
+    # Restart on the same state directory with the loop off: the recovery puts back what
+    # the killed daemon's journal holds.
+    d3 = start_daemon(rules_text=RULES + "enabled = false\n", always_on=False,
+                      state="state2")
+    assert all(snapshot(h) == before[h] for h in hogs), "crash recovery left a demotion"
+    rec = [e for e in d3.log() if e.get("event") == "crash_recovery"]
+    assert rec, "no crash recovery logged"
+    time.sleep(0.2)
