@@ -112,7 +112,7 @@ class WaitMeter:
         """Wait per CPU second over the window; None when too little CPU was used."""
         wait = sum(d[1] for d in self._deltas)
         cpu = sum(d[2] for d in self._deltas)
-        if cpu < min_cpu_s:
+        if cpu <= 0 or cpu < min_cpu_s:
             return None
         return wait / cpu
 

@@ -1,7 +1,9 @@
 """Contention to run the workload against: CPU hogs, memory pressure, disk I/O.
 
 stress-ng is used when installed; otherwise small internal hogs named ``ainative-hog``
-stand in (Python processes). Whatever is started is checked to really run before a
+stand in (Python processes). ``loop:N`` starts N busy shell loops (``sh -c 'while :; do
+:; done'``) that no rule knows: the contention a machine really has is mostly programs
+nobody wrote a rule for, and only the closed loop (core/guard.py) reaches those. Whatever is started is checked to really run before a
 contended figure is trusted, and always stopped.
 
 The hogs get their own process group (so one signal stops all of them, and a Ctrl-C on
@@ -32,7 +34,7 @@ class ContentionError(Exception):
 
 @dataclass(frozen=True)
 class Scenario:
-    kind: str  # cpu, mem, io
+    kind: str  # cpu, loop, mem, io
     amount: int  # hogs (cpu, io) or bytes (mem)
 
     @property
@@ -48,7 +50,7 @@ def parse_scenario(text: str) -> Scenario:
     kind, _, arg = text.partition(":")
     kind = kind.strip().lower()
     try:
-        if kind == "cpu":
+        if kind in ("cpu", "loop"):
             n = int(arg or "4")
         elif kind == "io":
             n = int(arg or "1")
@@ -57,7 +59,7 @@ def parse_scenario(text: str) -> Scenario:
         else:
             raise ValueError
     except ValueError:
-        raise ContentionError(f"bad contention {text!r}: use cpu:N, mem:SIZE or io:N "
+        raise ContentionError(f"bad contention {text!r}: use cpu:N, loop:N, mem:SIZE or io:N "
                               "(for example cpu:4, mem:1G, io:2)") from None
     if n <= 0:
         raise ContentionError(f"bad contention {text!r}: the amount must be positive")
@@ -116,7 +118,10 @@ class Hogs:
     def spawn(self) -> None:
         """Start without waiting; call verify() before trusting a contended figure."""
         for s in self.scenarios:
-            if self.stress_ng:
+            if s.kind == "loop":
+                for _ in range(s.amount):
+                    self._spawn(["/bin/sh", "-c", "while :; do :; done"])
+            elif self.stress_ng:
                 if s.kind == "cpu":
                     self._spawn([self.stress_ng, "--cpu", str(s.amount), "--cpu-method",
                                  "int64", *_FOREVER])
@@ -166,7 +171,7 @@ class Hogs:
         n = 0
         for s in self.scenarios:
             units = 1 if s.kind == "mem" else s.amount
-            n += units + (1 if self.stress_ng else 0)
+            n += units + (1 if self.stress_ng and s.kind != "loop" else 0)
         return n
 
     def verify(self, window_s: float = 0.5, start_timeout_s: float = 5.0) -> dict[str, float]:
@@ -198,7 +203,7 @@ class Hogs:
         # workload loads, possibly at a raised priority, on a machine that may be busy with
         # other things; what the hogs got during the measurement is reported on its own.
         # Memory and I/O hogs only need to be doing something.
-        cpu_hogs = sum(s.amount for s in self.scenarios if s.kind == "cpu")
+        cpu_hogs = sum(s.amount for s in self.scenarios if s.kind in ("cpu", "loop"))
         cpus = len(os.sched_getaffinity(0))
         need = 0.05 * window_s * min(cpu_hogs, cpus) if cpu_hogs else 0.01
         if used < need:
