@@ -39,12 +39,19 @@ _SCAN_EVERY_S = 1.0
 _RELEASE_BELOW_PERCENT = 5.0
 
 
+# Processes using less than this are not looked at closer (their run-queue wait is not
+# read): they are not competitors whatever they wait.
+_CANDIDATE_PERCENT = 5.0
+
+
 @dataclass
 class _Rate:
     ident: TaskId
     t: float
     cpu: float
-    percent: float = 0.0
+    wait_ns: int | None = None  # the main thread's run-queue wait, once it was a candidate
+    percent: float = 0.0  # CPU it got, percent of one CPU
+    demand: float = 0.0  # CPU it got plus the main thread's wait for one: what it wants
 
 
 class GuardLoop:
@@ -173,19 +180,28 @@ class GuardLoop:
             self.imposer.impose(r.ident, name, dict(knobs), why)
 
     def _scan(self, now: float) -> dict[int, float]:
-        """Percent of one CPU each process used since the last scan (new ones: none yet)."""
+        """Each process's CPU demand since the last scan, in percent of one CPU (new ones:
+        none yet). Demand, not use: under contention a busy loop gets a fraction of a CPU
+        (four loops and a server on two CPUs: under half each), but it is runnable all the
+        time; the time its main thread waited for a CPU is added to the time it ran."""
         out: dict[int, float] = {}
         seen: dict[int, _Rate] = {}
         for pid in self.backend.list_pids():
             try:
                 user, system = self.backend.cpu_times(pid)
                 prev = self._rates.get(pid)
-                if prev is not None and now > prev.t:
-                    pct = max(0.0, (user + system - prev.cpu) / (now - prev.t) * 100.0)
-                    seen[pid] = _Rate(prev.ident, now, user + system, pct)
-                    out[pid] = pct
-                else:
+                if prev is None or now <= prev.t or user + system < prev.cpu:
                     seen[pid] = _Rate(self.backend.task_id(pid), now, user + system)
+                    continue
+                span = now - prev.t
+                pct = (user + system - prev.cpu) / span * 100.0
+                r = _Rate(prev.ident, now, user + system, None, pct, pct)
+                if pct >= _CANDIDATE_PERCENT:
+                    r.wait_ns = self.backend.run_queue_wait_ns(pid)
+                    if prev.wait_ns is not None:
+                        r.demand = pct + max(0, r.wait_ns - prev.wait_ns) / 1e9 / span * 100.0
+                seen[pid] = r
+                out[pid] = r.demand
             except (ProcessGone, PermissionError, OSError):
                 continue
         # A pid whose start time changed is a new process: its rate starts again.
