@@ -158,3 +158,15 @@ def test_guard_table_in_a_rule_file(tmp_path: Path) -> None:
         load_rules([str(bad)], rules_dir=None)
     msg = str(e.value)
     assert f"{bad}:4" in msg and "steps" in msg and "\n" not in msg
+
+
+def test_the_realtime_step_exists_only_while_available() -> None:
+    lad = Ladder(GuardConfig(wait_high=0.1, wait_low=0.02, step_up_s=1.0, steps=("weight",)))
+    t = feed(lad, 0.0, 5.0, 0.5)
+    assert lad.step == 1  # nothing above weight while no class asks for realtime
+    lad.extra = 1
+    t = feed(lad, t, t + 1.25, 0.5)
+    assert lad.step == 2 and lad.step_names() == ("weight", "realtime")
+    lad.extra = 0  # the starvation guard barred the only candidate
+    lad.observe(t, 0.5, True)
+    assert lad.step == 1 and "no longer available" in lad.why

@@ -126,3 +126,66 @@ def test_stop_and_kill9_undo_every_step(
     rec = [e for e in d3.log() if e.get("event") == "crash_recovery"]
     assert rec, "no crash recovery logged"
     time.sleep(0.2)
+
+
+RT_RULES = """
+[settings]
+idle_after = "2s"
+[classes.inference]
+guard_realtime = 10
+[guard]
+wait_high = 0.005
+wait_low = 0.001
+step_up = "0.5s"
+hold = "30s"
+max_hold = "30s"
+contender_cpu_percent = 20
+steps = ["weight"]
+"""
+SCHED_FIFO = 1
+
+
+def _fifo(pid: int) -> bool:
+    with open(f"/proc/{pid}/task/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return int(f[38]) == SCHED_FIFO and int(f[37]) == 10  # policy, rt_priority
+
+
+def _as_before(pid: int, before: dict) -> bool:  # type: ignore[type-arg]
+    """Every thread has the values the process's threads had before (the server starts a
+    thread per connection, so the set of threads itself changes)."""
+    values = {v for t, v in before.items() if t > 0}
+    now = snapshot(pid)
+    return now[-1] == before[-1] and all(v in values for t, v in now.items() if t > 0)
+
+
+def test_the_realtime_step_only_where_the_class_asks_with_a_starvation_guard(
+        children: Children, start_daemon: Callable[..., DaemonProc]) -> None:
+    """A class with guard_realtime gets SCHED_FIFO once the steps on competitors did not
+    bring the wait down; with a CPU bar below what it uses, the guard lifts it at once and
+    bars it; everything is put back on stop."""
+    srv = children.python(SERVING_CHILD, "listen", "idle")
+    hogs = _loops(children)
+    srv_before = snapshot(srv.pid)
+    with requests(srv.pid, rate=300):
+        d = start_daemon(rules_text=RT_RULES + "rt_max_cpu_percent = 1000\n", always_on=False)
+        took = wait_for(lambda: _fifo(srv.pid), 25, step=0.1)
+        assert took is not None, f"never realtime: {d.client.status()['guard']}"
+        g = d.client.status()["guard"]
+        assert g["realtime"] == [srv.pid] and g["steps"] == ["weight", "realtime"], g
+        assert srv.pid not in {c["pid"] for c in g["contenders"]}
+        assert d.stop(signal.SIGTERM) == 0
+        assert _as_before(srv.pid, srv_before), "stop left the server realtime"
+
+        d2 = start_daemon(rules_text=RT_RULES + "rt_max_cpu_percent = 1\n", always_on=False,
+                          state="state2")
+        lifted = wait_for(lambda: any(e.get("event") == "guard_realtime_lifted"
+                                      and e.get("pid") == srv.pid for e in d2.log()), 25,
+                          step=0.1)
+        assert lifted is not None, f"no starvation guard: {d2.client.status()['guard']}"
+        time.sleep(1.0)  # barred: not made realtime again
+        assert not _fifo(srv.pid)
+        assert d2.client.status()["guard"]["realtime"] == []
+    assert d2.stop(signal.SIGTERM) == 0
+    assert wait_for(lambda: _as_before(srv.pid, srv_before), 3) is not None
+    assert all(snapshot(h)[h][1] == 0 for h in hogs)  # SCHED_OTHER again

@@ -46,6 +46,8 @@ def privileged_reasons(cls: ClassPolicy) -> list[str]:
         out.append(f"nice {cls.nice} (below 0)")
     if cls.is_realtime and cls.policy is not None:
         out.append(f"policy {POLICY_NAMES.get(cls.policy, cls.policy)} (realtime)")
+    if cls.guard_realtime is not None:
+        out.append(f"guard_realtime {cls.guard_realtime} (realtime when the loop escalates)")
     if cls.uses_rt_io and cls.ioprio is not None:
         out.append(f"ioprio rt:{cls.ioprio[1]} (realtime I/O)")
     # Counted whether or not the class sets cgroup = true: refusing too much is safer.
@@ -55,6 +57,10 @@ def privileged_reasons(cls: ClassPolicy) -> list[str]:
         out.append(f"memory_low {cls.memory_low} bytes (above 0)")
     if cls.cpuset is not None:
         out.append(f"cpuset {cls.cpuset} (reserved cores)")
+    if cls.priority_class in ("above_normal", "high", "realtime"):
+        out.append(f"priority_class {cls.priority_class} (above normal)")
+    if cls.thread_priority is not None and cls.thread_priority > 0:
+        out.append(f"thread_priority {cls.thread_priority} (above normal)")
     # A serving class raises nothing of its own process, but while it is busy every
     # only_while_serving_active class (other users' builds, training) is demoted for it.
     if cls.serving:
@@ -78,6 +84,10 @@ def lowering_reasons(cls: ClassPolicy) -> list[str]:
         out.append(f"cpu_weight {cls.cpu_weight}")
     if cls.cgroup and cls.cpu_idle:
         out.append("cpu_idle")
+    if cls.priority_class in ("idle", "below_normal"):
+        out.append(f"priority_class {cls.priority_class}")
+    if cls.thread_priority is not None and cls.thread_priority < 0:
+        out.append(f"thread_priority {cls.thread_priority}")
     return out
 
 

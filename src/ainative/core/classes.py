@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ainative.core.knobs import PRIORITY_CLASSES, THREAD_PRIORITIES, THREAD_PRIORITY_NAMES
 from ainative.platform.base import (
     IOPRIO_CLASS_BY_NAME,
     POLICY_BY_NAME,
@@ -43,6 +44,9 @@ class ClassPolicy:
     cpu_idle: bool | None = None
     cpuset: str | None = None
     memory_low: int | None = None
+    # Windows only (core/knobs.py): the process's priority class, its threads' priority.
+    priority_class: str | None = None
+    thread_priority: int | None = None
     # Processes of this class serve requests: the class's knobs are applied only while the
     # process is busy (CPU used in the recent activity window), and lifted after it has
     # been idle for idle_after; and only their activity turns on the classes below.
@@ -52,6 +56,10 @@ class ClassPolicy:
     only_while_serving_active: bool = False
     # Lower numbers win when signals disagree about nothing else (see classifier).
     rank: int = 50
+    # The closed loop's last step for a busy serving process of this class: SCHED_FIFO at
+    # this priority once every step on the competitors did not bring the wait down
+    # (core/guard.py; lifted when the process uses most of a CPU). None: never.
+    guard_realtime: int | None = None
 
     @property
     def is_realtime(self) -> bool:
@@ -86,6 +94,12 @@ class ClassPolicy:
             if self.memory_low is not None:
                 cg["memory_low"] = self.memory_low
             out["cgroup"] = cg
+        if self.priority_class is not None:
+            out["priority_class"] = self.priority_class
+        if self.thread_priority is not None:
+            out["thread_priority"] = THREAD_PRIORITY_NAMES[self.thread_priority]
+        if self.guard_realtime is not None:
+            out["guard_realtime"] = self.guard_realtime
         if self.serving:
             out["serving"] = True
         if self.only_while_serving_active:
@@ -114,7 +128,8 @@ def parse_ioprio(text: str) -> tuple[int, int]:
 _CLASS_KEYS = {
     "description", "nice", "policy", "rt_priority", "ioprio", "affinity", "cgroup",
     "cpu_weight", "cpu_idle", "cpuset", "memory_low", "serving", "only_while_serving_active",
-    "only_while_inference_active", "rank",
+    "only_while_inference_active", "rank", "guard_realtime", "priority_class",
+    "thread_priority",
 }
 # Keys read under an older name: the old spelling keeps working in existing rule files.
 _CLASS_KEY_ALIASES = {"only_while_inference_active": "only_while_serving_active"}
@@ -161,10 +176,24 @@ def _class_value(key: str, val: Any) -> Any:
             return parse_size(val)
         except ValueError as e:
             raise ValueError(f"memory_low: {e}") from None
+    if key == "guard_realtime":
+        if not _int_in(val, 1, 99):
+            raise ValueError(f"guard_realtime must be a realtime priority 1..99, not {val!r}")
+        return val
     if key == "rank":
         if not _int_in(val, -1_000_000, 1_000_000):
             raise ValueError(f"rank must be an integer, not {val!r}")
         return val
+    if key == "priority_class":
+        if val not in PRIORITY_CLASSES:
+            raise ValueError(f"priority_class must be one of {list(PRIORITY_CLASSES)}, "
+                             f"not {val!r}")
+        return val
+    if key == "thread_priority":
+        if not isinstance(val, str) or val not in THREAD_PRIORITIES:
+            raise ValueError(f"thread_priority must be one of {list(THREAD_PRIORITIES)}, "
+                             f"not {val!r}")
+        return THREAD_PRIORITIES[val]
     if key == "description":
         if not isinstance(val, str):
             raise ValueError(f"description must be text, not {val!r}")

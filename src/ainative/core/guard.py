@@ -15,7 +15,12 @@ The ladder (``[guard] steps``, in this order by default):
      can have under the fair scheduler);
   2. idle: they also get SCHED_IDLE;
   3. fence: their affinity leaves out the reserved CPUs (the last ``reserve_cpus``), so
-     a serving thread that wakes finds a CPU no competitor may run on.
+     a serving thread that wakes finds a CPU no competitor may run on;
+  4. realtime, only for busy serving processes whose class asks (``guard_realtime = N``)
+     and only where the kernel throttles realtime tasks: SCHED_FIFO at priority N (with
+     SCHED_RESET_ON_FORK: children do not inherit it). The starvation guard: a process
+     that uses more than ``rt_max_cpu_percent`` of a CPU while realtime loses the step at
+     once and may not have it again for ``max_hold``.
 
 It climbs one step when the ratio stays above ``wait_high`` for ``step_up`` and comes down
 one step when it has stayed below ``wait_low`` for ``hold``; a climb soon after a descent
@@ -59,6 +64,7 @@ class GuardConfig:
     max_contenders: int = 16
     steps: tuple[str, ...] = STEP_NAMES
     reserve_cpus: int = 1
+    rt_max_cpu_percent: float = 80.0  # of one CPU, over the window
 
 
 class ContenderView(TypedDict):
@@ -85,6 +91,7 @@ class GuardView(TypedDict):
     since_s: float | None  # how long the current step has been in force
     contenders: list[ContenderView]
     reserved_cpus: list[int]
+    realtime: list[int]  # serving processes the realtime step holds at SCHED_FIFO
 
 
 @dataclass
@@ -138,9 +145,13 @@ class Ladder:
     def __post_init__(self) -> None:
         self.hold_s = self.config.hold_s
 
+    # 1 while a busy serving process's class asks for the realtime step (and it may have
+    # it): the ladder then has one more step above the configured ones. Set by the loop.
+    extra: int = 0
+
     @property
     def top(self) -> int:
-        return len(self.config.steps)
+        return len(self.config.steps) + self.extra
 
     def observe(self, now: float, ratio: float | None, serving_busy: bool) -> int:
         """Feed one measurement; returns the step to be in force (0..len(steps))."""
@@ -150,6 +161,8 @@ class Ladder:
                 self._set(now, 0, "no serving process is busy")
             self._high_since = self._low_since = None
             return self.step
+        if self.step > self.top:
+            self._set(now, self.top, "the realtime step is no longer available")
         if ratio is None:
             return self.step  # too little CPU to judge: keep what is in force
         if ratio > cfg.wait_high:
@@ -186,7 +199,10 @@ class Ladder:
 
     def step_names(self) -> tuple[str, ...]:
         """The steps in force now, in ladder order."""
-        return tuple(self.config.steps[: self.step])
+        return (*self.config.steps, "realtime")[: self.step]
+
+    def name_of(self, step: int) -> str | None:
+        return (*self.config.steps, "realtime")[step - 1] if step else None
 
 
 def pick_contenders(rates: dict[int, float], min_percent: float, limit: int) -> list[int]:
@@ -249,6 +265,8 @@ def guard_config(table: dict[str, object], base: GuardConfig = GuardConfig()) ->
             kw[f"{key}_s"] = _seconds(key, v, 0.1, 3600.0)
         elif key == "min_cpu_ms":
             kw[key] = _number(key, v, 0.0, 10_000.0)
+        elif key == "rt_max_cpu_percent":
+            kw[key] = _number(key, v, 1.0, 100_000.0)
         elif key == "contender_cpu_percent":
             kw[key] = _number(key, v, 1.0, 100_000.0)
         elif key in ("max_contenders", "reserve_cpus"):
@@ -264,7 +282,8 @@ def guard_config(table: dict[str, object], base: GuardConfig = GuardConfig()) ->
         else:
             raise BadGuardKey(key, f"[guard] unknown key {key!r}; allowed: enabled, wait_high, "
                               "wait_low, window, step_up, hold, max_hold, min_cpu_ms, "
-                              "contender_cpu_percent, max_contenders, steps, reserve_cpus")
+                              "contender_cpu_percent, max_contenders, steps, reserve_cpus, "
+                              "rt_max_cpu_percent")
     cfg = GuardConfig(**kw)
     if cfg.wait_low > cfg.wait_high:
         raise BadGuardKey("wait_low", f"[guard] wait_low ({cfg.wait_low:g}) must not be above "

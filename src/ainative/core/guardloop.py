@@ -29,7 +29,7 @@ from ainative.core.guard import (
 from ainative.core.imposer import Imposer
 from ainative.core.knobs import describe
 from ainative.platform.backend import Backend
-from ainative.platform.base import SCHED_IDLE, ProcessGone, TaskId
+from ainative.platform.base import SCHED_FIFO, SCHED_IDLE, ProcessGone, TaskId
 
 # How often the competitors are looked for while the loop is engaged.
 _SCAN_EVERY_S = 1.0
@@ -70,6 +70,11 @@ class GuardLoop:
         self._next_scan = 0.0
         self._excluded: dict[TaskId, str | None] = {}
         self._self_original = sorted(os.sched_getaffinity(0))
+        # The realtime step: serving processes it holds, their last CPU sample, and those
+        # barred from it (the starvation guard) until a time.
+        self._rt: set[TaskId] = set()
+        self._rt_cpu: dict[TaskId, tuple[float, float]] = {}
+        self._rt_barred: dict[TaskId, float] = {}
         self._self_cpus: list[int] | None = None
 
     def reconfigure(self, config: GuardConfig, why: str) -> None:
@@ -83,6 +88,7 @@ class GuardLoop:
 
     def stand_down(self) -> None:
         """Back to step 0 (the caller undoes what the imposer holds)."""
+        self._rt.clear()
         self.ladder = Ladder(self.config)
         self.meter.reset()
         self.ratio = None
@@ -122,6 +128,8 @@ class GuardLoop:
                 continue
         self.meter.add(now, waits, cpus)
         self.ratio = self.meter.ratio(self.config.min_cpu_ms / 1000.0)
+        rt = self._realtime_candidates(now, busy_serving, cpus)
+        self.ladder.extra = 1 if rt else 0
         before = self.ladder.step
         step = self.ladder.observe(now, self.ratio, bool(busy_serving))
         if step != before:
@@ -130,17 +138,61 @@ class GuardLoop:
         if step == 0:
             if self.imposer.imposed:
                 self.imposer.release_all(self.ladder.why or "step 0")
+            self._rt.clear()
             self._rates.clear()
             self._keep_self_off(None)
             return
+        self._hold_realtime(rt if "realtime" in self.ladder.step_names() else {})
         if step != before or now >= self._next_scan:
             self._next_scan = now + _SCAN_EVERY_S
             self._hold(now, serving)
         else:
             self.imposer.catch_up()
 
+    def _realtime_candidates(self, now: float, busy_serving: list[Managed],
+                             cpus: dict[int, float]) -> dict[TaskId, tuple[Managed, int]]:
+        """Busy serving processes whose class asks for the realtime step and may have it
+        now, with their priority. The starvation guard runs here: one that used more than
+        rt_max_cpu_percent of a CPU since the last tick while realtime loses the step."""
+        out: dict[TaskId, tuple[Managed, int]] = {}
+        throttled: bool | None = None
+        for m in busy_serving:
+            prio = m.policy.guard_realtime if m.policy is not None else None
+            if prio is None or self._rt_barred.get(m.ident, 0.0) > now:
+                continue
+            cpu = cpus.get(m.ident.pid)
+            prev = self._rt_cpu.get(m.ident)
+            if cpu is not None:
+                self._rt_cpu[m.ident] = (now, cpu)
+            if m.ident in self._rt and cpu is not None and prev is not None and now > prev[0]:
+                pct = (cpu - prev[1]) / (now - prev[0]) * 100.0
+                if pct > self.config.rt_max_cpu_percent:
+                    self._rt_barred[m.ident] = now + self.config.max_hold_s
+                    self._rt.discard(m.ident)
+                    why = (f"used {pct:.0f} % of a CPU while realtime (more than "
+                           f"{self.config.rt_max_cpu_percent:g} %): barred for "
+                           f"{self.config.max_hold_s:g} s")
+                    self.imposer.release(m.ident, why)
+                    log.event("guard_realtime_lifted", pid=m.ident.pid, why=why)
+                    continue
+            if throttled is None:
+                throttled = self.backend.rt_throttled()
+            if throttled:
+                out[m.ident] = (m, prio)
+        self._rt_barred = {i: t for i, t in self._rt_barred.items() if t > now}
+        return out
+
+    def _hold_realtime(self, want: dict[TaskId, tuple[Managed, int]]) -> None:
+        for ident in [i for i in self._rt if i not in want]:
+            self._rt.discard(ident)
+            self.imposer.release(ident, "the realtime step is lifted")
+        for ident, (m, prio) in want.items():
+            why = f"step {self.ladder.step} (realtime): {self.ladder.why}"
+            if self.imposer.impose(ident, m.name, {"policy": [SCHED_FIFO, prio]}, why):
+                self._rt.add(ident)
+
     def _step_name(self, step: int) -> str | None:
-        return self.config.steps[step - 1] if step else None
+        return self.ladder.name_of(step)
 
     def _knobs(self) -> dict[str, object]:
         knobs: dict[str, object] = {}
@@ -162,7 +214,7 @@ class GuardLoop:
                                      self.config.max_contenders))
         knobs = self._knobs()
         self._keep_self_off(knobs.get("affinity"))  # type: ignore[arg-type]
-        held = {i.pid: i for i in self.imposer.imposed}
+        held = {i.pid: i for i in self.imposer.imposed if i not in self._rt}
         for pid, ident in held.items():
             if percent.get(pid, 0.0) < _RELEASE_BELOW_PERCENT and pid not in wanted:
                 self.imposer.release(ident, f"uses {percent.get(pid, 0.0):.0f} % of a CPU")
@@ -228,12 +280,13 @@ class GuardLoop:
     # --- what status and explain show ---
 
     def view(self, now: float) -> GuardView:
-        contenders = [self._contender(i) for i in self.imposer.imposed]
+        contenders = [self._contender(i) for i in self.imposer.imposed if i not in self._rt]
         fence = fence_cpus(self._online(), self.config.reserve_cpus)
         step = self.ladder.step
         return GuardView(
             enabled=self.config.enabled, step=step, step_name=self._step_name(step),
-            steps=list(self.config.steps),
+            steps=list(self.config.steps) + (["realtime"] if self.ladder.extra else []),
+            realtime=sorted(i.pid for i in self._rt),
             wait_ratio=None if self.ratio is None else round(self.ratio, 4),
             wait_high=self.config.wait_high, wait_low=self.config.wait_low,
             hold_s=self.ladder.hold_s, why=self.ladder.why,

@@ -3,7 +3,8 @@ values compare, and what a valid value is.
 
 Values are plain JSON so the journal can store them:
   nice -> int, policy -> [policy, rt_priority], ioprio -> [class, level],
-  affinity -> sorted list of CPUs, cgroup -> {hierarchy: path} (process-wide).
+  affinity -> sorted list of CPUs, cgroup -> {hierarchy: path} (process-wide);
+  on Windows priority_class -> name ("high"), thread_priority -> THREAD_PRIORITY_* int.
 
 The validators matter because the journal is read back after a crash and its values are
 then written into live processes as root: a record that does not describe something
@@ -103,14 +104,40 @@ def _show_cgroup(v: Any) -> str:
     return ",".join(sorted(set(v.values()))) if isinstance(v, dict) else str(v)
 
 
+# Windows: a process's priority class and each thread's priority relative to it (the
+# Win32 THREAD_PRIORITY_* numbers), by the names SetPriorityClass/SetThreadPriority use.
+PRIORITY_CLASSES = ("idle", "below_normal", "normal", "above_normal", "high", "realtime")
+THREAD_PRIORITIES = {"idle": -15, "lowest": -2, "below_normal": -1, "normal": 0,
+                     "above_normal": 1, "highest": 2, "time_critical": 15}
+THREAD_PRIORITY_NAMES = {v: k for k, v in THREAD_PRIORITIES.items()}
+
+
+def _valid_priority_class(v: Any) -> str:
+    if v not in PRIORITY_CLASSES:
+        raise ValueError(f"priority_class must be one of {list(PRIORITY_CLASSES)}, not {v!r}")
+    return str(v)
+
+
+def _valid_thread_priority(v: Any) -> int:
+    if isinstance(v, bool) or v not in THREAD_PRIORITY_NAMES:
+        raise ValueError(f"thread_priority must be one of {sorted(THREAD_PRIORITY_NAMES)} "
+                         f"(THREAD_PRIORITY_*), not {v!r}")
+    return int(v)
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str
-    scope: str  # "thread": set on every thread; "process": once per process
+    # "thread": set on every thread; "process": once per process. (Windows'
+    # priority_class is process-wide but listed as "thread": the Windows backend reads it
+    # on every thread and writes it through the process's own number, see
+    # platform/windows/backend.py, so the engine needs no second path for it.)
+    scope: str
     validate: Callable[[Any], Any]  # the canonical value, or ValueError
     show: Callable[[Any], str]
     # Whether a value gives realtime treatment (a restore must never grant that).
     realtime: Callable[[Any], bool] = lambda v: False
+    platform: str = "linux"  # the backend that has it (knobs_for)
 
 
 KNOBS: dict[str, Knob] = {k.name: k for k in (
@@ -121,9 +148,21 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          realtime=lambda v: int(v[0]) == IOPRIO_CLASS_RT),
     Knob("affinity", "thread", _valid_affinity, lambda v: format_cpus(frozenset(v))),
     Knob("cgroup", "process", _valid_cgroup, _show_cgroup),
+    Knob("priority_class", "thread", _valid_priority_class, str,
+         realtime=lambda v: v == "realtime", platform="windows"),
+    Knob("thread_priority", "thread", _valid_thread_priority,
+         lambda v: THREAD_PRIORITY_NAMES.get(int(v), str(v)), platform="windows"),
 )}
 THREAD_KNOBS = tuple(k for k, spec in KNOBS.items() if spec.scope == "thread")
 PROCESS_KNOBS = tuple(k for k, spec in KNOBS.items() if spec.scope == "process")
+
+
+def knobs_for(backend_name: str) -> frozenset[str]:
+    """The knobs a backend sets: the Windows backend its own, every other (Linux, a
+    test's in-memory fake) the Linux ones. A class may name both kinds; the engine leaves
+    out those the backend in use does not have."""
+    platform = "windows" if backend_name == "windows" else "linux"
+    return frozenset(k for k, spec in KNOBS.items() if spec.platform == platform)
 
 
 def describe(knob: str, value: Any) -> str:
