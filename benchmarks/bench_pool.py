@@ -1,6 +1,7 @@
-"""Pinned pool benchmark: alloc+free latency (pool vs numpy.empty vs fresh mmap), page
-faults of a hot fill loop, allocator overhead for a realistic mix, and host-to-device
-bandwidth on a GPU machine.
+"""Pinned pool benchmark, in one run: alloc+free of a buffer and pool.empty against
+numpy.empty (and a fresh mmap) at 256 B, 16 KiB, 64 KiB, 1 MiB and 8 MiB with the ratios;
+the cost of staging one request's input through the pool; page faults of a hot fill
+loop; allocator overhead for a realistic mix; host-to-device bandwidth on a GPU machine.
 
     .venv/bin/python benchmarks/bench_pool.py [--capacity 256MiB] [--json]
 """

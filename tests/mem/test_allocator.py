@@ -1,5 +1,6 @@
 """Property tests of the allocator: random alloc/free sequences never overlap, stay in the
-arena, keep the stats consistent, and coalesce back to one extent when all is freed."""
+arena, keep the stats consistent, and coalesce back to one extent when all is freed; the
+same for the per-size free lists in front of it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ainative.mem.allocator import (
     InvalidFree,
     OutOfSpace,
 )
+from ainative.mem.freelists import FreeLists, reserved_size
 
 CAP = 16 << 20
 
@@ -141,3 +143,61 @@ def test_threads_allocating_and_freeing_concurrently() -> None:
     for x in live.values():
         a.free(x.offset)
     assert a.free_extents() == [(0, check_cap)]
+
+
+# --- the free lists in front of the allocator (freelists.py) ---
+
+fl_ops = st.lists(st.tuples(st.sampled_from(["take", "give", "trim"]), sizes,
+                            st.integers(0, 10**6)), max_size=150)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fl_ops)
+def test_free_lists_never_hand_out_a_block_twice(seq: list[tuple[str, int, int]]) -> None:
+    """Blocks taken through the free lists never overlap each other, are never on a
+    stack while taken, fit their request, and the allocator's books always equal the
+    taken blocks plus the stacked ones; trimming after giving all back leaves one
+    extent, as the allocator alone would."""
+    a = Allocator(CAP)
+    fl = FreeLists(a)
+    taken: dict[int, tuple[int, int]] = {}  # offset -> (requested, reserved)
+    for op, size, pick in seq:
+        if op == "take" or (op == "give" and not taken):
+            try:
+                off, reserved = fl.take(size)
+            except OutOfSpace:
+                fl.trim()  # what the pool does before it gives up
+                continue
+            assert off not in taken
+            assert reserved == reserved_size(size) >= size
+            taken[off] = (size, reserved)
+        elif op == "give":
+            off = sorted(taken)[pick % len(taken)]
+            fl.give(off, taken.pop(off)[1])
+        else:
+            for off, size_back in fl.trim():
+                assert off not in taken and size_back > 0
+        spans = sorted((off, off + r) for off, (_, r) in taken.items())
+        assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(spans))
+        assert all(0 <= s and e <= CAP for s, e in spans)
+        stacked = [off for stack in fl.stacks.values() for off in stack]
+        assert len(stacked) == len(set(stacked)) and not set(stacked) & set(taken)
+        blocks, cached = fl.cached()
+        snap = a.snapshot()
+        assert snap["blocks_in_use"] == len(taken) + blocks
+        assert snap["used"] == sum(r for _, r in taken.values()) + cached
+    for off, (_, reserved) in list(taken.items()):
+        fl.give(off, reserved)
+    fl.trim()
+    assert a.free_extents() == [(0, CAP)] and a.snapshot()["slabs"] == 0
+    assert fl.cached() == (0, 0)
+
+
+def test_free_list_classes_match_the_allocator() -> None:
+    fl = FreeLists(Allocator(CAP))
+    for n in (1, 63, 64, 65, 1000, 4096, 5000, SMALL_MAX - 1, SMALL_MAX):
+        stack = fl.by_granule[(n + 63) >> 6]
+        assert stack is fl.stacks[reserved_size(n)]
+        assert reserved_size(n) == next(c for c in SMALL_CLASSES if c >= n)
+    assert reserved_size(SMALL_MAX + 1) == SMALL_MAX + PAGE
+    assert reserved_size((1 << 20) + 1) == (1 << 20) + PAGE

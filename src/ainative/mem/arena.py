@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,16 +21,17 @@ MADV_HUGEPAGE = 14
 HUGE_PAGE = 2 << 20
 MAP_FAILED = ctypes.c_void_p(-1).value
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-_libc.memset.restype = ctypes.c_void_p
+if sys.platform != "win32":  # Windows: arena_windows.Arena, selected at the end
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.mmap.restype = ctypes.c_void_p
+    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                           ctypes.c_int, ctypes.c_long]
+    _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    _libc.memset.restype = ctypes.c_void_p
 
 
 class LockFailed(OSError):
@@ -192,3 +194,7 @@ def gpu_numa_node(index: int = 0) -> int | None:
         return node if node >= 0 else None
     except Exception:
         return None
+
+
+if sys.platform == "win32":  # VirtualAlloc + VirtualLock (mem/arena_windows.py)
+    from ainative.mem.arena_windows import WindowsArena as Arena  # noqa: F401

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import resource
+import sys
 from dataclasses import dataclass
+
+if sys.platform != "win32":
+    import resource
 
 CAP_IPC_LOCK = 14
 
@@ -64,5 +67,10 @@ def _lim(v: int) -> int | None:
 
 
 def lock_limits() -> LockLimits:
+    """How much this process may lock now: the limit, the privilege, what is locked."""
+    if sys.platform == "win32":  # the working set, not an rlimit (mem/arena_windows.py)
+        from ainative.mem.arena_windows import windows_lock_limits
+
+        return windows_lock_limits()
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return LockLimits(_lim(soft), _lim(hard), has_cap_ipc_lock(), locked_bytes())
