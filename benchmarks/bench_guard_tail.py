@@ -1,8 +1,9 @@
 """Issue 9's targets for the closed loop, in one run per kind of contention: the mlp model
 (batch 8, one thread) served on a Unix socket at 1,000 requests/s under 4 CPU hogs, once
 with hogs the rules know (stress-ng: background) and once with hogs no rule knows (busy
-shell loops), every scenario (alone, contended, ainative, nice -n -10, chrt -f 10) in
-interleaved rounds. Prints per scenario the sample count, p99 and p99.9, and checks:
+shell loops), every scenario (alone, contended, ainative, ainative without its closed
+loop, nice -n -10, chrt -f 10) in interleaved rounds: the loop's before and after in one
+run. Prints per scenario the sample count, p99 and p99.9, and checks:
 
   ainative p99   <= 1.2x alone
   ainative p99.9 <= 2x alone, and <= 1.5x chrt -f 10's p99.9
@@ -33,7 +34,8 @@ RATE = 1000
 def run_kind(kind: str, duration: str, rounds: int, report: str) -> dict:  # type: ignore[type-arg]
     cmd = [sys.executable, "-m", "ainative", "stress", "--compare", "--model", "mlp",
            "--batch", "8", "--threads", "1", "--rate", str(RATE), "--duration", duration,
-           "--rounds", str(rounds), "--contention", f"{kind}:4", "--report", report]
+           "--rounds", str(rounds), "--contention", f"{kind}:4", "--report", report,
+           "--scenarios", "alone,contended,ainative,ainative-noloop,nice,chrt"]
     print("$ " + shlex.join(["ainative", *cmd[3:]]), flush=True)
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
     with open(os.path.join(report, "report.json")) as fh:
@@ -57,15 +59,15 @@ def main() -> int:
         sc = rep["scenarios"]
         who = 'stress-ng, rules know them' if kind == 'cpu' else 'no rule knows them'
         print(f"\n== {kind}:4 ({who})")
-        print(f"{'scenario':10s} {'requests':>9s} {'p99 ms':>8s} {'p99.9 ms':>9s} "
+        print(f"{'scenario':16s} {'requests':>9s} {'p99 ms':>8s} {'p99.9 ms':>9s} "
               f"{'>p99.9':>7s} {'dropped':>7s}")
         for name, r in sc.items():
             if "error" in r:
-                print(f"{name:10s} FAILED: {r['error']}")
+                print(f"{name:16s} FAILED: {r['error']}")
                 continue
             n = int(r.get("completed", 0))
             lat = r["latency"]
-            print(f"{name:10s} {n:9d} {lat['p99_ms']:8.3f} {lat['p99_9_ms']:9.3f} "
+            print(f"{name:16s} {n:9d} {lat['p99_ms']:8.3f} {lat['p99_9_ms']:9.3f} "
                   f"{n // 1000:7d} {int(r.get('dropped', 0)):7d}")
         try:
             alone, ain, chrt = (sc[k]["latency"] for k in ("alone", "ainative", "chrt"))
@@ -73,6 +75,10 @@ def main() -> int:
             print(f"no {e} figure: cannot check the targets")
             ok = False
             continue
+        noloop = sc.get("ainative-noloop", {}).get("latency")
+        if noloop:
+            print(f"  closed loop off -> on: p99 {noloop['p99_ms']:.3f} -> {ain['p99_ms']:.3f} ms, "
+                  f"p99.9 {noloop['p99_9_ms']:.3f} -> {ain['p99_9_ms']:.3f} ms")
         r99 = ain["p99_ms"] / alone["p99_ms"]
         r999 = ain["p99_9_ms"] / alone["p99_9_ms"]
         vs_chrt = ain["p99_9_ms"] / chrt["p99_9_ms"]

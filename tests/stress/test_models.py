@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 from ainative.cli import main
 from ainative.stress import models
+from ainative.stress.feeds import parse_options
 
 
 @pytest.mark.parametrize("name", sorted(models.BUILTIN))
@@ -41,10 +42,16 @@ def test_user_model_batch_axis_is_filled(tmp_path: Path) -> None:
     assert feeds["x"].shape == (6, 3, 5) and feeds["x"].dtype == np.float32
 
 
-def test_dynamic_inner_axis_is_a_clear_error(tmp_path: Path) -> None:
+def test_dynamic_inner_axis_is_a_clear_error_and_dim_fills_it(tmp_path: Path) -> None:
     path = models.materialise(_model(tmp_path, ["N", "seq", 5]), str(tmp_path))
-    with pytest.raises(models.ModelError, match="dynamic dimension 'seq' at axis 1"):
-        models.synthesise_inputs(models.open_session(path, 1, "cpu"), 2, "m")
+    sess = models.open_session(path, 1, "cpu")
+    with pytest.raises(models.ModelError, match=r"axis 1 of input 'x' \['N', 'seq', 5\] is "
+                       r"the dynamic dimension 'seq'; give its size with --dim seq=N"):
+        models.synthesise_inputs(sess, 2, "m")
+    feeds = models.synthesise_inputs(sess, 2, "m", parse_options(dims=("seq=7",)))
+    assert feeds["x"].shape == (2, 7, 5)
+    # What the command reads from the file, without a session, is what the session says.
+    assert models.file_inputs(path) == models.session_inputs(sess)
 
 
 def test_cli_rejects_garbage_and_missing_files_cleanly(tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ def test_server_listens_before_its_warmup_and_holds_the_socket(tiny: str, sockdi
             c.connect(path)
             hello = wire.call(c, Kind.HELLO)
             assert hello["pid"] == proc.pid and hello["service_s"] > 0
-            assert hello["inputs"] == [{"name": "x", "dtype": "float32", "shape": [8, 256]}]
+            assert hello["inputs"] == [{"name": "x", "dtype": "float32", "shape": [8, 256],
+                                        "fill": {"kind": "random"}}]
             with pytest.raises(wire.ServerError, match="STOP before START"):
                 wire.call(c, Kind.STOP)
             # A request's payload is the input tensor's bytes; the reply, the output's.
@@ -172,5 +173,6 @@ def test_a_model_that_cannot_be_fed_fails_in_one_line(tmp_path: Path) -> None:
     m.ir_version = 8
     save(m, str(tmp_path / "dyn.onnx"))
     cfg = WorkloadConfig(str(tmp_path / "dyn.onnx"), "dyn.onnx", duration=1.0, warmup_s=0.1)
-    with pytest.raises(WorkloadError, match=r"^dyn.onnx: input 'x' has a dynamic dimension"):
+    with pytest.raises(WorkloadError, match=r"^dyn.onnx: axis 1 of input 'x' \['N', 'T'\] is "
+                       r"the dynamic dimension 'T'; give its size with --dim T=N"):
         run_workload(cfg)

@@ -14,7 +14,8 @@ import click
 
 # Only names here: NumPy, ONNX and friends load when `stress` runs, not with every
 # ainative command.
-from ainative.stress.catalog import BUILTIN, DESCRIPTIONS, SCENARIOS
+from ainative.cli import stress_inputs
+from ainative.stress.catalog import BUILTIN, DEFAULT_SCENARIOS, DESCRIPTIONS, MODES, SCENARIOS
 from ainative.units import UnitError, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -63,27 +64,34 @@ def _pool_size(text: str | None) -> str | None:
 
 
 def _print_table(report: dict[str, Any]) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from ainative.stress.report import HEADER, errors, round_lines, table_rows
+    from ainative.stress import report as rp
 
-    t = Table(title="latency from scheduled time (open loop)")
-    for h in HEADER:
+    # Light rules: the frames and throughput tables are wide.
+    t = Table(title=rp.TITLES[rp.mode(report)], box=box.SIMPLE_HEAD)
+    for h in rp.header(report):
         t.add_column(h, justify="left" if h == "scenario" else "right")
-    for row in table_rows(report):
+    for row in rp.table_rows(report):
         t.add_row(*row)
-    console = Console(width=max(120, Console().width))
+    # Not on a terminal (a log, a pipe), nothing wraps lines: print the table whole.
+    term = Console()
+    console = Console(width=max(120, term.width) if term.is_terminal else 200)
     console.print(t)
     for name in report["scenarios"]:
         console.print(f"  {name:10s} {DESCRIPTIONS.get(name, '')}", highlight=False)
-    lines = round_lines(report)
+    lines = rp.round_lines(report)
     if lines:
-        console.print(f"p99 ms by round ({report['rounds']} rounds, each row merges them): "
+        console.print(f"{rp.ROUND_FIGURE[rp.mode(report)][1]} by round ({report['rounds']} "
+                      "rounds, each row merges them): "
                       + "; ".join(lines), highlight=False)
-    for e in errors(report):
+    for e in rp.errors(report):
         console.print(Text("error ", style="red") + Text(e))
+    for c in rp.caveat_lines(report):
+        console.print(Text(c, style="yellow" if c.startswith("warning") else ""))
     v = report.get("verdict") or {}
     if v:
         click.echo("verdict: " + ", ".join(f"{k}={val}" for k, val in v.items()))
@@ -99,14 +107,34 @@ def _summary(r: dict[str, Any]) -> str:
         f"throughput    {r['throughput_per_s']:.1f} /s",
         f"late          {r['late']}   dropped {r['dropped']}   errors {r['errors']}",
         f"latency ms    p50 {lat['p50_ms']:.3f}  p90 {lat['p90_ms']:.3f}  "
-        f"p99 {lat['p99_ms']:.3f}  p99.9 {lat['p99_9_ms']:.3f}  max {lat['max_ms']:.3f}",
+        f"p99 {lat['p99_ms']:.3f}  p99.9 {lat['p99_9_ms']:.3f}{_p99_9_caveat(r)}  "
+        f"max {lat['max_ms']:.3f}",
         f"server        pid {r['pid']}: cpu user {res['cpu_user_s']:.2f} s  system "
         f"{res['cpu_system_s']:.2f} s  run-queue wait {res['run_queue_wait_s']:.3f} s",
         f"memory        peak RSS {res['peak_rss_mib']} MiB  slope "
         f"{'n/a (run too short)' if slope is None else f'{slope:+.2f} MiB/h'}",
         f"gpu           {'yes' if r['gpu'].get('available') else r['gpu'].get('reason')}",
+        *_mode_lines(r),
         *_extra_lines(r),
     ])
+
+
+def _p99_9_caveat(r: dict[str, Any]) -> str:
+    from ainative.stress.caveats import CAVEAT_MARK, p99_9_trusted
+
+    n = int(r.get("completed") or 0)
+    return "" if p99_9_trusted(n) else f"{CAVEAT_MARK} (of {n} samples: about the slowest)"
+
+
+def _mode_lines(r: dict[str, Any]) -> list[str]:
+    if r.get("mode") == "throughput":
+        return [f"closed loop   {r['throughput_per_s']:.1f} requests/s, "
+                f"{r['samples_per_s']:.0f} samples/s"]
+    if r.get("mode") == "frames":
+        return [f"frames        {r['achieved_fps']:.1f} fps on time of {r['target_fps']:g}; "
+                f"deadline misses {r['deadline_misses']} (late {r['late_frames']}, "
+                f"skipped {r['skipped_frames']})"]
+    return []
 
 
 def _extra_lines(r: dict[str, Any]) -> list[str]:
@@ -136,6 +164,12 @@ def _extra_lines(r: dict[str, Any]) -> list[str]:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--rate", default=1000.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Requests per second (open loop).")
+@click.option("--mode", "mode", type=click.Choice(list(MODES)), default="latency",
+              show_default=True,
+              help="latency: open loop at --rate; throughput: closed loop, the most "
+                   "requests/s; frames: one frame at a time at --fps, deadline misses.")
+@click.option("--fps", default=None, type=click.FloatRange(min=0.001),
+              help="With --mode frames: the frame rate [default: 60].")
 @click.option("--duration", default="30s", show_default=True,
               help="30s, 10m, 24h ... (with --compare: per scenario).")
 @click.option("--workers", default=0, type=click.IntRange(0, 64),
@@ -143,7 +177,7 @@ def _extra_lines(r: dict[str, Any]) -> list[str]:
 @click.option("--contention", "contention", multiple=True, metavar="KIND:N",
               help="cpu:N hogs, mem:SIZE, io:N (repeatable). --compare defaults to cpu:4.")
 @click.option("--compare", is_flag=True, help="Run alone/contended/ainative/nice/chrt/cgroup.")
-@click.option("--scenarios", default=",".join(SCENARIOS), show_default=True,
+@click.option("--scenarios", default=",".join(DEFAULT_SCENARIOS), show_default=True,
               help="Which --compare scenarios to run, comma-separated.")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100),
               help="With --compare: run the scenarios in turn this many times, each for "
@@ -163,11 +197,13 @@ def _extra_lines(r: dict[str, Any]) -> list[str]:
 @click.option("--pool", "pool", default=None, metavar="SIZE",
               help="Stage every request's inputs in a pinned ainative pool of SIZE "
                    "(e.g. 64M) and report its stats.")
-def stress(model: str, batch: int, threads: int, device: str, rate: float, duration: str,
+@stress_inputs.feed_options
+def stress(model: str, batch: int, threads: int, device: str, rate: float, mode: str,
+           fps: float | None, duration: str,
            workers: int, contention: tuple[str, ...], compare: bool, scenarios: str,
            rounds: int, report_dir: str | None, as_json: bool, progress_interval: float,
            warmup: str | None,
-           max_queue: str, pool: str | None) -> None:
+           max_queue: str, pool: str | None, **feed_args: Any) -> None:
     """Real ONNX Runtime inference at a fixed rate, measured from each request's scheduled
     time (so queueing counts). Ctrl-C ends early and still prints the summary.
 
@@ -177,17 +213,21 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
     ainative stress --compare --duration 12s --report reports/compare
                                                         alone, contended, ainative,
                                                         nice -10, chrt -f 10, cgroup
+    ainative stress --compare --mode throughput --batch 64     most requests/s, each way
+    ainative stress --compare --mode frames --fps 60 --model attention --batch 8
+                                                        frames on time, deadline misses
     """
     from ainative.stress import models
     from ainative.stress.config import WorkloadConfig
     from ainative.stress.contention import ContentionError, parse_scenario
-    from ainative.stress.report import errors, write_report
+    from ainative.stress.report import errors
     from ainative.stress.runner import WorkloadError
 
     # A shell starts background jobs with SIGINT ignored, and Python then keeps it so;
     # `kill -INT` must still end the run early with its summary, as documented.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     dur = _duration(duration)
+    rate = _mode_rate(mode, fps, workers, rate)
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
     bad = [s for s in chosen if s not in SCENARIOS]
     if compare and (bad or not chosen):
@@ -195,6 +235,8 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
                                  f"{', '.join(SCENARIOS)}", param_hint="--scenarios")
     warmup_s, max_queue_s = _warmup(warmup, compare), _duration(max_queue, "--max-queue")
     pool_size = _pool_size(pool)
+    if report_dir:
+        stress_inputs.check_report_dir(report_dir)
     tmp = tempfile.mkdtemp(prefix="ainative-stress-")
     keep_tmp = False
     try:
@@ -206,7 +248,10 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
         wcfg = WorkloadConfig(model_path=path, model_name=name, rate=rate, duration=dur,
                               batch=batch, threads=threads, device=device, workers=workers,
                               warmup_s=warmup_s, max_queue_s=max_queue_s, pool=pool_size,
-                              load_warmup_s=LOAD_WARMUP_S if compare else 0.0)
+                              load_warmup_s=LOAD_WARMUP_S if compare else 0.0, mode=mode)
+        # The inputs, shaped and filled by --shape/--dim/--input/--inputs, and the batch
+        # the run really uses, into wcfg; printed before the run.
+        prepared = stress_inputs.prepare(wcfg, feed_args)
         if compare:
             report = _compare(wcfg, conts, chosen, tmp, as_json, rounds)
             keep_tmp = bool(errors(report))
@@ -219,10 +264,12 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
             click.echo(f"logs of the scenarios kept in {tmp}", err=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    notes = stress_inputs.annotate(report, prepared)  # capacity, when not sustainable
+    report_error = ""
     if report_dir:
-        paths = write_report(report, report_dir)
-        if not as_json:
-            click.echo(f"report: {', '.join(paths.values())}", err=True)
+        paths, report_error = stress_inputs.write_report_or_say(report, report_dir)
+        if paths and not as_json:
+            click.echo(f"report: {', '.join(paths)}", err=True)
     if as_json:
         slim = json.loads(json.dumps(report))
         for r in slim["scenarios"].values():
@@ -232,27 +279,41 @@ def stress(model: str, batch: int, threads: int, device: str, rate: float, durat
         _print_table(report)
     else:
         click.echo(_summary(report["scenarios"]["run"]))
+    for note in notes:
+        click.echo(note, err=True)
+    if report_error:
+        raise click.ClickException(report_error)
+
+
+def _mode_rate(mode: str, fps: float | None, workers: int, rate: float) -> float:
+    """The rate the mode runs at: --fps for frames (which run one at a time)."""
+    if mode != "frames":
+        if fps is not None:
+            raise click.BadParameter("only with --mode frames", param_hint="--fps")
+        return rate
+    if workers:
+        raise click.BadParameter("--mode frames runs one frame at a time",
+                                 param_hint="--workers")
+    return 60.0 if fps is None else fps
 
 
 def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], workdir: str,
              quiet: bool, rounds: int) -> dict[str, Any]:
-    from ainative.stress import models
+    from ainative.stress import models, modes
     from ainative.stress.compare import run_compare
-    from ainative.stress.config import choose_workers
 
     # Fail here, not in every scenario, on a model that cannot be fed; and fix the worker
     # count from an uncontended measurement, so every scenario runs the same load the
     # same way.
     session = models.open_session(wcfg.model_path, wcfg.threads, wcfg.device)
-    feeds = models.synthesise_inputs(session, wcfg.batch, wcfg.model_name)
+    feeds = models.workload_feeds(session, wcfg)
     if not wcfg.workers:
-        wcfg.workers = choose_workers(_service_time(session, feeds), wcfg.rate, wcfg.threads)
+        wcfg.workers = modes.workers(wcfg, _service_time(session, feeds))
     del session, feeds
 
     def done(n: str, r: dict[str, Any]) -> None:
         if not quiet:
-            p99 = r["latency"]["p99_ms"] if "error" not in r else None
-            click.echo(f"  {n:10s} " + (f"p99 {p99:.2f} ms" if p99 is not None
+            click.echo(f"  {n:10s} " + (_headline(r) if "error" not in r
                                         else "error: " + r["error"]), err=True)
 
     if not quiet:
@@ -260,6 +321,14 @@ def _compare(wcfg: WorkloadConfig, conts: list[Any], chosen: tuple[str, ...], wo
         click.echo(f"comparing {len(chosen)} scenarios, {wcfg.duration:g} s each{turns} "
                    f"(contention {', '.join(c.label for c in conts)}) ...", err=True)
     return run_compare(wcfg, conts, workdir, chosen, on_result=done, rounds=rounds)
+
+
+def _headline(r: dict[str, Any]) -> str:
+    if r.get("mode") == "throughput":
+        return f"{r['throughput_per_s']:.1f} req/s"
+    if r.get("mode") == "frames":
+        return f"{r['achieved_fps']:.1f} fps on time, {r['deadline_misses']} missed"
+    return f"p99 {r['latency']['p99_ms']:.2f} ms"
 
 
 def _single(wcfg: WorkloadConfig, conts: list[Any], dur: float, interval: float,

@@ -19,14 +19,32 @@ BUILTIN = {
     "mlp": BuiltinModel("mlp", "4-layer MLP 256->1024->1024->1024->256: ~0.25 ms at batch 8"),
     "attention": BuiltinModel("attention", "self-attention block, 128 tokens x 256 dims: "
                               "~0.4 ms at batch 1, ~3 ms at batch 8"),
+    # The seed's "inference 30 ms" row needs a model of about that size.
+    "attention-large": BuiltinModel("attention-large", "self-attention block, 1024 tokens x "
+                                    "768 dims: ~35 ms at batch 1"),
 }
 
-SCENARIOS = ("alone", "contended", "ainative", "nice", "chrt", "cgroup")
+# What --compare runs unless --scenarios says otherwise.
+DEFAULT_SCENARIOS = ("alone", "contended", "ainative", "nice", "chrt", "cgroup")
+# ainative-noloop: the daemon without its closed loop, for the loop's before/after in one
+# run (benchmarks/bench_guard_tail.py --ablation).
+SCENARIOS = (*DEFAULT_SCENARIOS, "ainative-noloop")
 DESCRIPTIONS = {
     "alone": "no contention",
     "contended": "with the hogs, nothing done",
     "ainative": "hogs + ainative daemon (automatic)",
+    "ainative-noloop": "hogs + ainative daemon with its closed loop off ([guard] enabled = false)",
     "nice": "hogs + server and client under nice -n -10",
     "chrt": "hogs + server and client under chrt -f 10",
     "cgroup": "hogs demoted to a cgroup (cpu.shares=2 / cpu.weight=1)",
+}
+
+# What a stress run measures (config.WorkloadConfig.mode; modes.py runs each).
+MODES = {
+    "latency": "open loop at --rate: latency from each request's scheduled time",
+    "throughput": "closed loop: each connection sends its next request as soon as the last "
+                  "one is answered; the most requests (and samples) per second",
+    "frames": "one frame at a time at --fps: frames on time per second and deadline misses "
+              "(a frame is due one period after its start time; one that cannot start "
+              "within a period is skipped)",
 }

@@ -1,7 +1,8 @@
 """The stress workload's load client: open-loop requests to the model server over its
 Unix socket, measured from each request's scheduled time to its reply.
 
-This is the load generator a user would point at a model server. It sends every request
+This is the load generator a user would point at a model server. Its loop is the run's
+mode's (modes.py): open loop (below), closed loop or one frame at a time. It sends every request
 with its input tensors (the synthetic batch the server describes in HELLO), over one
 persistent connection per load worker, at the times OpenLoop (loadgen.py) schedules
 whatever happened to earlier requests, so queueing anywhere (here, in the socket, in the
@@ -32,10 +33,10 @@ from dataclasses import asdict
 from types import FrameType
 from typing import Any
 
-from ainative.stress import wire
+from ainative.stress import modes, wire
 from ainative.stress.batch import synthesise
-from ainative.stress.config import WorkloadConfig, choose_workers
-from ainative.stress.loadgen import LoadConfig, OpenLoop, Progress
+from ainative.stress.config import WorkloadConfig
+from ainative.stress.loadgen import Progress
 from ainative.stress.metrics import sched_state
 from ainative.stress.results import ClientFigures, ServerReport, workload_result, write_result
 from ainative.stress.wire import Kind
@@ -104,24 +105,23 @@ def run_client(cfg: WorkloadConfig, path: str, before_start: Callable[[], None],
         hello: wire.Hello = wire.call(ctl, Kind.HELLO)
         feeds = synthesise(hello["inputs"])
         payload = b"".join(feeds[s["name"]].tobytes() for s in hello["inputs"])
-        workers = cfg.workers or choose_workers(hello["service_s"], cfg.rate, cfg.threads)
+        workers = modes.workers(cfg, hello["service_s"])
         conns = [Connection(path, payload) for _ in range(workers)]
         for c in conns:
             for _ in range(WARMUP_REQUESTS):
                 c.infer()
         before_start()
         if cfg.load_warmup_s > 0:  # at the full rate, unmeasured: see WorkloadConfig
-            OpenLoop(LoadConfig(cfg.rate, cfg.load_warmup_s, workers, cfg.late_threshold_s,
-                                cfg.max_queue_s), PerWorker(conns)).run(None, 1.0)
+            modes.make_loop(cfg, workers, cfg.load_warmup_s, PerWorker(conns)).run(None, 1.0)
         cpu0 = os.times()
         sched = sched_state()
         wire.call(ctl, Kind.START)
         # As in the server: what lives for the whole run leaves the cyclic collector.
         gc.collect()
         gc.freeze()
-        loop = OpenLoop(LoadConfig(cfg.rate, cfg.duration, workers, cfg.late_threshold_s,
-                                   cfg.max_queue_s), PerWorker(conns))
+        loop = modes.make_loop(cfg, workers, cfg.duration, PerWorker(conns))
         res = loop.run(on_tick, tick_s)
+        res.extra.update(modes.counts(cfg, res))
         # The first Ctrl-C ended the loop; one arriving now must not lose the result.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         server: ServerReport = wire.call(ctl, Kind.STOP)

@@ -22,11 +22,18 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
+import psutil
+
 from ainative.stress.catalog import SCENARIOS
+from ainative.stress.caveats import warnings
 from ainative.stress.config import WorkloadConfig
 from ainative.stress.contention import Scenario
 from ainative.stress.leader import ScenarioError, wait_line
 from ainative.stress.rounds import merge_rounds
+
+# Before "alone" starts anything, its leader watches the machine this long: load there
+# already (a build, a test suite) would make the baseline slow and every ratio to it kind.
+BASELINE_PROBE_S = 0.5
 
 
 class Interrupted(Exception):
@@ -58,11 +65,11 @@ class DaemonRun:
     """ainative's daemon as a child, scoped to one scenario's leader and its descendants,
     with rules from nowhere but its built-in set and state in a directory of its own."""
 
-    def __init__(self, workdir: str, scope_pid: int) -> None:
+    def __init__(self, workdir: str, scope_pid: int, rules_text: str | None = None) -> None:
         from ainative.ipc.launcher import ScopedDaemon
 
         # its own cgroup subtree: a system-wide ainative may be running too
-        self.daemon = ScopedDaemon(workdir, scope_pid=scope_pid,
+        self.daemon = ScopedDaemon(workdir, scope_pid=scope_pid, rules_text=rules_text,
                                    cgroup_root=f"ainative-stress-{os.getpid()}")
         self.daemon.start(wait=False)
         self.log_path = self.daemon.log_path
@@ -102,7 +109,10 @@ class DaemonRun:
                     raise ScenarioError(f"ainative daemon died: {_last_line(self.log_path)}"
                                         ) from e
             ok_w = self._in_force(tasks.get(workload), "inference")
-            ok_h = all(self._in_force(tasks.get(h), "background") for h in hogs)
+            # Hogs no rule knows (contention loop:N) are never classified: only the closed
+            # loop reaches them, once the server waits, so there is nothing to wait for.
+            ok_h = all(self._in_force(tasks.get(h), "background") for h in hogs
+                       if h in tasks)
             if (ok_w and ok_h) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -123,6 +133,32 @@ class DaemonRun:
             "hogs": len(hogs),
             "wait_s": round(time.monotonic() - t_start, 2),
         }
+
+    def cpu_seconds(self) -> float | None:
+        """The daemon's own CPU time so far (user + system), None once it is gone."""
+        try:
+            t = psutil.Process(self.daemon.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(t.user + t.system)
+
+    def guard_steps(self) -> list[dict[str, Any]]:
+        """Each change of the closed loop's step during the run, from the daemon's log:
+        its time, the step and the measurement behind it."""
+        out: list[dict[str, Any]] = []
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                for line in fh:
+                    if '"guard_step"' not in line:
+                        continue
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue
+                    out.append({k: e.get(k) for k in ("ts", "step", "name", "why")})
+        except OSError:
+            pass
+        return out
 
     def stop(self) -> None:
         """SIGTERM: the daemon undoes everything it changed and exits."""
@@ -163,7 +199,8 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
     spec = {"scenario": name, "workload": asdict(wcfg),
             "contention": [] if name == "alone" else [c.label for c in contention],
             "use_stress_ng": use_stress_ng, "hog_cgroup": name == "cgroup",
-            "cgroup_name": f"ainative-stress-hogs-{os.getpid()}"}
+            "cgroup_name": f"ainative-stress-hogs-{os.getpid()}",
+            "baseline_probe_s": BASELINE_PROBE_S if name == "alone" else 0.0}
     t0 = time.monotonic()
     daemon: DaemonRun | None = None
     extra: dict[str, Any] = {}
@@ -177,9 +214,10 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
             process_group=0)
     try:
         try:
-            if name == "ainative":
+            if name in ("ainative", "ainative-noloop"):
                 # Before anything is spawned, so it sees the hogs and the workload start.
-                daemon = DaemonRun(workdir, leader.pid)
+                daemon = DaemonRun(workdir, leader.pid, rules_text=None if name == "ainative"
+                                   else "[guard]\nenabled = false\n")
             _send(leader, "start")
             if daemon is not None:
                 daemon.wait_ready()  # while the leader starts the hogs and the workload
@@ -188,10 +226,22 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
                 extra["ainative"] = daemon.wait_managed(info["workload"], info["hogs"],
                                                         client=info.get("client"))
             _send(leader, "go")
+            cpu0, t_go = daemon.cpu_seconds() if daemon else None, time.monotonic()
             try:
                 leader.wait(timeout=wcfg.duration + 60)
             except subprocess.TimeoutExpired:
                 raise ScenarioError("the scenario did not finish in time") from None
+            if daemon is not None:
+                # What protecting one busy server cost the daemon (the issue's < 1 % of a
+                # core), and where its loop stood at the end.
+                cpu1 = daemon.cpu_seconds()
+                extra["daemon_pid"] = daemon.daemon.pid
+                if cpu0 is not None and cpu1 is not None:
+                    span = time.monotonic() - t_go
+                    extra["daemon_cpu_percent"] = round((cpu1 - cpu0) / span * 100, 2)
+                steps = daemon.guard_steps()
+                extra["guard"] = {"max_step": max((e["step"] or 0 for e in steps), default=0),
+                                  "changes": steps[:50]}
         except KeyboardInterrupt:
             interrupted = True
             if leader.poll() is None:
@@ -207,8 +257,10 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
                 raise
             with open(result_path) as fh:
                 why = json.load(fh).get("error")
-            # The leader's own reason (a model that failed to load) says more.
-            raise ScenarioError(why or str(e)) from None
+            # The leader's own reason (a model that failed to load) says more, unless all
+            # it says is that we called the scenario off: then ours is the reason.
+            cancelled = why is None or str(why).startswith("cancelled")
+            raise ScenarioError(str(e) if cancelled else why) from None
     finally:
         _stop_leader(leader)
         if daemon is not None:
@@ -234,8 +286,29 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
+def _rate_verdict(results: dict[str, dict[str, Any]], key: str, label: str
+                  ) -> dict[str, Any]:
+    """Throughput and frame modes: each remedy's rate as a fraction of alone's."""
+    alone = (results.get("alone") or {}).get(key)
+    out: dict[str, Any] = {}
+    for name, r in results.items():
+        if name != "alone" and "error" not in r and alone and r.get(key) is not None:
+            out[f"{name}_vs_alone_{label}"] = round(float(r[key]) / float(alone), 2)
+    return out
+
+
 def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """ainative's p99 against alone (target: within 1.5x) and against nice -10 (below)."""
+    """Latency mode: ainative's p99 against alone (target: within 1.5x) and against nice
+    -10 (below). Throughput and frame modes: each scenario's rate against alone's, and
+    the deadline misses."""
+    mode = next((r.get("mode") for r in results.values() if r.get("mode")), "latency")
+    if mode == "throughput":
+        return _rate_verdict(results, "throughput_per_s", "req_per_s")
+    if mode == "frames":
+        v = _rate_verdict(results, "achieved_fps", "fps")
+        v["deadline_misses"] = {n: r["deadline_misses"] for n, r in results.items()
+                                if "deadline_misses" in r}
+        return v
     def p99(name: str) -> float | None:
         r = results.get(name)
         return None if not r or "error" in r else float(r["latency"]["p99_ms"])
@@ -303,4 +376,5 @@ def run_compare(wcfg: WorkloadConfig, contention: list[Scenario], workdir: str,
         "scenarios": results,
         "interrupted": interrupted,
         "verdict": verdict(results),
+        "warnings": warnings(results),
     }

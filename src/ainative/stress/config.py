@@ -7,6 +7,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ainative.stress.batch import InputSpec
 
 
 @dataclass
@@ -27,6 +31,12 @@ class WorkloadConfig:
     late_threshold_s: float = 0.001
     max_queue_s: float = 1.0
     pool: str | None = None  # stage every request's inputs in a pinned pool of this size
+    # The inputs as the command resolved them (feeds.py: --shape, --dim, --input, --inputs);
+    # None: the server makes them from its session's declared shapes and the batch.
+    inputs: list[InputSpec] | None = None
+    # latency (open loop at rate), throughput (closed loop), frames (rate is the frame
+    # rate): see catalog.MODES and modes.py.
+    mode: str = "latency"
 
 
 def choose_workers(service_s: float, rate: float, threads: int) -> int:

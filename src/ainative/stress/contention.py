@@ -3,8 +3,9 @@
 stress-ng is used when installed; otherwise small internal hogs named ``ainative-hog``
 stand in (Python processes). ``loop:N`` starts N busy shell loops (``sh -c 'while :; do
 :; done'``) that no rule knows: the contention a machine really has is mostly programs
-nobody wrote a rule for, and only the closed loop (core/guard.py) reaches those. Whatever is started is checked to really run before a
-contended figure is trusted, and always stopped.
+nobody wrote a rule for, and only the closed loop (core/guard.py) reaches those.
+Whatever is started is checked to really run before a contended figure is trusted, and
+always stopped.
 
 The hogs get their own process group (so one signal stops all of them, and a Ctrl-C on
 the terminal does not reach them) but stay in the caller's session: a new session would

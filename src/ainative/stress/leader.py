@@ -28,6 +28,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from ainative.stress import machine_load
 from ainative.stress.config import WorkloadConfig
 from ainative.stress.contention import ContentionError, Hogs, parse_scenario
 from ainative.stress.remedies import HogCgroup, RemedyError, prefix
@@ -76,6 +77,10 @@ class Leader:
         t0 = time.monotonic()
         conts = [parse_scenario(c) for c in self.spec["contention"]]
         extra: dict[str, Any] = {"scenario": self.scenario}
+        probe_s = float(self.spec.get("baseline_probe_s") or 0.0)
+        # What the machine does with nothing of ours running yet: the baseline's
+        # neighbours (machine_load.py says why).
+        before = machine_load.probe(probe_s) if probe_s > 0 else None
         # A remedy given as a prefix starts both processes, as a user would a service.
         self.workload = Workload(WorkloadConfig(**self.spec["workload"]), self.workdir,
                                  prefix(self.scenario))
@@ -106,10 +111,16 @@ class Leader:
             # stress-ng may have forked since; children follow their parent, but be sure.
             self.cgroup.add(self.hogs.pids() if self.hogs else [])
         hog_cpu0 = self.hogs.cpu_seconds() if self.hogs else 0.0
+        window = machine_load.Window(
+            own_pids=[self.workload.server_pid, self.workload.client_pid],
+            hog_pids=self.hogs.pids() if self.hogs else [])
         self.workload.go()
         res = self.workload.wait()
+        load = window.close()
         if self.hogs is not None:
             extra["contention_cpu_s"] = round(self.hogs.cpu_seconds() - hog_cpu0, 2)
+        cpu_hogs = sum(c.amount for c in conts if c.kind == "cpu")
+        extra["machine_load"] = {**load, "cpu_hogs": cpu_hogs, "before": before}
         if "error" in res:
             raise ScenarioError(res["error"])
         _check_remedy(self.scenario, res.get("sched") or {}, "the model server")

@@ -40,6 +40,9 @@ class LoadConfig:
     workers: int = 1
     late_threshold_s: float = 0.001  # a request starting later than this is "late"
     max_queue_s: float = 1.0  # a request that would start later than this is dropped
+    # A request answered later than this after its due time missed its deadline (frames
+    # mode); None: no deadline.
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.rate <= 0:
@@ -72,7 +75,8 @@ class LoadResult:
     histogram: HdrHistogram
     first_error: str | None = None
     run_queue_wait_s: float = 0.0  # the load workers' own, summed
-    extra: dict[str, Any] = field(default_factory=dict)
+    missed: int = 0  # answered, but after LoadConfig.deadline_s
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into to_json
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +87,7 @@ class LoadResult:
             "throughput_per_s": round(self.completed / self.elapsed_s, 1)
             if self.elapsed_s > 0 else 0.0,
             "latency": summarise(self.histogram),
+            **self.extra,
         }
 
 
@@ -104,7 +109,7 @@ class OpenLoop:
         # pay that now rather than at the first tick of the run.
         _quick_summary(np.arange(1, 101, dtype=np.int64))
         summarise(new_histogram())
-        self.completed = self.late = self.dropped = self.errors = 0
+        self.completed = self.late = self.dropped = self.errors = self.missed = 0
         self.run_queue_wait_ns = 0
         # Set by the last worker to finish. The main thread waits on this rather than on
         # Thread.join: a join interrupted by Ctrl-C can leave Python believing a thread has
@@ -164,10 +169,20 @@ class OpenLoop:
                 self.completed += 1
                 if start - due > cfg.late_threshold_s:
                     self.late += 1
-                self.hist.record_value(us)
-                if self._track and self._in < INTERVAL_CAPACITY:
-                    self._ibuf[self._in] = us
-                    self._in += 1
+                if cfg.deadline_s is not None and done - due > cfg.deadline_s:
+                    self.missed += 1
+                self._record(us)
+
+    def _record(self, us: int) -> None:
+        """One answered request's latency (the caller holds the lock)."""
+        self.hist.record_value(us)
+        if self._track and self._in < INTERVAL_CAPACITY:
+            self._ibuf[self._in] = us
+            self._in += 1
+
+    def _scheduled(self) -> int:
+        """Requests due within the run."""
+        return min(self._next, int(self.cfg.duration * self.cfg.rate))
 
     def run(self, on_tick: Callable[[Progress], None] | None = None,
             tick_s: float = 1.0) -> LoadResult:
@@ -201,7 +216,6 @@ class OpenLoop:
             self._all_done.wait(timeout=30)
         interrupted = interrupted or (self.stop.is_set() and self.clock() < end)
         elapsed = min(self.clock(), end) - self.t0
-        scheduled = min(self._next, int(self.cfg.duration * self.cfg.rate))
-        return LoadResult(scheduled, self.completed, self.late, self.dropped, self.errors,
-                          elapsed, interrupted, self.hist, self.first_error,
-                          self.run_queue_wait_ns / 1e9)
+        return LoadResult(self._scheduled(), self.completed, self.late, self.dropped,
+                          self.errors, elapsed, interrupted, self.hist, self.first_error,
+                          self.run_queue_wait_ns / 1e9, self.missed)

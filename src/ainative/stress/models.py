@@ -1,18 +1,24 @@
 """The models the stress test runs: built in code with onnx.helper (no download), or a
-user's ONNX file with inputs synthesised from its declared shapes."""
+user's ONNX file with inputs made from its declared shapes and the user's overrides
+(feeds.py). A user's model is read from its path, never from the current directory, so
+a model whose weights live in external data files beside it loads from anywhere."""
 
 from __future__ import annotations
 
 import itertools
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ainative.stress import feeds
 from ainative.stress.batch import InputSpec, synthesise
 from ainative.stress.catalog import BUILTIN
+
+if TYPE_CHECKING:
+    from ainative.stress.config import WorkloadConfig
 
 
 class ModelError(Exception):
@@ -85,6 +91,8 @@ def build(name: str) -> onnx.ModelProto:
         return _mlp([256, 1024, 1024, 1024, 256])
     if name == "attention":
         return _attention()
+    if name == "attention-large":
+        return _attention(seq=1024, dim=768)
     raise ModelError(f"unknown built-in model {name!r}; choose one of {sorted(BUILTIN)} "
                      "or give a path to an .onnx file")
 
@@ -99,49 +107,80 @@ def materialise(spec: str, directory: str) -> str:
         raise ModelError(f"model {spec!r}: no such built-in model or file "
                          f"(built-in: {', '.join(sorted(BUILTIN))})")
     try:
-        model = onnx.load(spec, load_external_data=False)
-        onnx.checker.check_model(model)
+        # By path: the checker then finds external data beside the model, not in the
+        # current directory, and takes models over 2 GB.
+        onnx.checker.check_model(os.path.abspath(spec))
     except Exception as e:
         raise ModelError(f"{spec}: not a valid ONNX model ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else e})") from e
     return os.path.abspath(spec)
 
 
-_DTYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-}
+def _declared(name: str, type_text: str, shape: Any) -> feeds.Declared:
+    dims = None if shape is None else [d if isinstance(d, int | str) else None for d in shape]
+    return feeds.Declared(name, type_text, feeds.dtype_of(type_text), dims)
 
 
-def input_specs(session: Any, batch: int, source: str) -> list[InputSpec]:
-    """Every declared input with a concrete shape: the first dimension, when symbolic, is
-    the batch. Any other symbolic dimension cannot be guessed and is an error."""
-    specs: list[InputSpec] = []
-    for inp in session.get_inputs():
-        dtype = _DTYPES.get(inp.type)
-        if dtype is None:
-            raise ModelError(f"{source}: input {inp.name!r} has type {inp.type}, which the "
-                             f"stress test cannot synthesise (supported: "
-                             f"{', '.join(sorted(_DTYPES))})")
-        shape = []
-        for i, d in enumerate(inp.shape):
-            if isinstance(d, int) and d > 0:
-                shape.append(d)
-            elif i == 0:
-                shape.append(batch)
-            else:
-                raise ModelError(
-                    f"{source}: input {inp.name!r} has a dynamic dimension {d!r} at axis {i} "
-                    f"(shape {inp.shape}); only the first (batch) axis can be filled. Export "
-                    "the model with fixed shapes for the other axes.")
-        specs.append(InputSpec(name=inp.name, dtype=np.dtype(dtype).name, shape=shape))
-    return specs
+def session_inputs(session: Any) -> list[feeds.Declared]:
+    """The inputs an ONNX Runtime session declares."""
+    return [_declared(i.name, i.type, i.shape) for i in session.get_inputs()]
 
 
-def synthesise_inputs(session: Any, batch: int, source: str) -> dict[str, np.ndarray]:
-    """Random inputs for every declared input (see input_specs and batch.synthesise)."""
-    return synthesise(input_specs(session, batch, source))
+def file_inputs(path: str) -> list[feeds.Declared]:
+    """The inputs a model file declares, read without its weights (no external data, no
+    session): what the command shows and checks before the model server loads it."""
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as e:
+        raise ModelError(f"{path}: cannot read it: {e}") from e
+    weights = {t.name for t in graph.initializer}
+    out = []
+    for vi in graph.input:
+        if vi.name in weights:  # a weight listed as an input: it has a value already
+            continue
+        if vi.type.WhichOneof("value") != "tensor_type":
+            out.append(feeds.Declared(vi.name, vi.type.WhichOneof("value") or "unknown",
+                                      None, None))
+            continue
+        tt = vi.type.tensor_type
+        type_text = f"tensor({TensorProto.DataType.Name(tt.elem_type).lower()})"
+        shape: list[int | str | None] | None = None
+        if tt.HasField("shape"):
+            shape = [d.dim_value if d.HasField("dim_value") else
+                     d.dim_param if d.HasField("dim_param") else None for d in tt.shape.dim]
+        out.append(_declared(vi.name, type_text, shape))
+    return out
+
+
+def resolve(declared: list[feeds.Declared], batch: int, options: feeds.FeedOptions | None,
+            source: str, batch_explicit: bool = True) -> feeds.Resolved:
+    """feeds.resolve, its errors as ModelError."""
+    try:
+        return feeds.resolve(declared, batch, options, source, batch_explicit)
+    except feeds.FeedError as e:
+        raise ModelError(str(e)) from None
+
+
+def input_specs(session: Any, batch: int, source: str,
+                options: feeds.FeedOptions | None = None) -> list[InputSpec]:
+    """Every declared input with a concrete shape and a fill: a symbol at axis 0 is the
+    batch (wherever else it appears); other dynamic axes come from options (--shape,
+    --dim, --inputs) or are an error saying which flag to give."""
+    return resolve(session_inputs(session), batch, options, source).specs
+
+
+def synthesise_inputs(session: Any, batch: int, source: str,
+                      options: feeds.FeedOptions | None = None) -> dict[str, np.ndarray]:
+    """The arrays for every declared input (see input_specs and batch.synthesise)."""
+    return synthesise(input_specs(session, batch, source, options))
+
+
+def workload_feeds(session: Any, cfg: WorkloadConfig) -> dict[str, np.ndarray]:
+    """The arrays a workload sends: its inputs as the command resolved them, or, without
+    those, made from the session's declared shapes and the batch."""
+    if cfg.inputs is not None:
+        return synthesise(cfg.inputs)
+    return synthesise_inputs(session, cfg.batch, cfg.model_name)
 
 
 def open_session(path: str, threads: int, device: str) -> Any:

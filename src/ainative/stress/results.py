@@ -12,6 +12,8 @@ SERVER's, because the server is the process a remedy or a daemon must protect:
     config, workers                               (what was asked, how many connections)
     service_time_ms, resources, sched, gpu, pool, pid          (server: ServerReport)
     server {served, failed}, client {pid, cpu, run-queue wait, sched}
+    mode, and the mode's own figures (samples_per_s; achieved_fps, deadline_misses ...)
+                                                  (modes.figures, from the counts above)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ClientFigures(TypedDict):
 def workload_result(cfg: WorkloadConfig, load: LoadResult, workers: int,
                     server: ServerReport, client: ClientFigures) -> dict[str, Any]:
     from ainative.stress.metrics import distribution
+    from ainative.stress.modes import figures
     from ainative.stress.rounds import encode_histogram
 
     out = load.to_json()
@@ -69,6 +72,7 @@ def workload_result(cfg: WorkloadConfig, load: LoadResult, workers: int,
         "server": {"served": server["served"], "failed": server["failed"]},
         "client": client,
     })
+    out.update(figures(out))
     return out
 
 

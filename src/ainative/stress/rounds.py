@@ -21,11 +21,13 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ainative.stress import machine_load
 from ainative.stress.metrics import distribution, summarise
+from ainative.stress.modes import figures
 
 # Counts and seconds that add up across rounds, at the top of a workload result.
 _SUMMED = ("scheduled", "completed", "late", "dropped", "errors", "elapsed_s",
-           "workers_run_queue_wait_s", "contention_cpu_s")
+           "workers_run_queue_wait_s", "contention_cpu_s", "late_frames")
 _SUMMED_RESOURCES = ("run_queue_wait_s", "cpu_user_s", "cpu_system_s")
 
 
@@ -77,7 +79,26 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     merged["histogram"] = encode_histogram(hist)
     if merged.get("elapsed_s"):
         merged["throughput_per_s"] = round(merged["completed"] / merged["elapsed_s"], 1)
+    merged.update(figures(merged))  # the mode's rates, from the summed counts
+    loads = [r["machine_load"] for r in rounds if r.get("machine_load")]
+    if len(loads) == len(rounds):  # summed, each round kept: caveats.py looks at each
+        merged["machine_load"] = {**machine_load.merge(loads),
+                                  "cpu_hogs": loads[0].get("cpu_hogs", 0), "rounds": loads}
+    # The ainative scenario's daemon: its CPU share averaged over the rounds, and the
+    # closed loop's step changes of every round (compare.py).
+    cpus = [r["daemon_cpu_percent"] for r in rounds
+            if isinstance(r.get("daemon_cpu_percent"), int | float)]
+    if cpus:
+        merged["daemon_cpu_percent"] = round(sum(cpus) / len(cpus), 2)
+    guards = [r["guard"] for r in rounds if isinstance(r.get("guard"), dict)]
+    if guards:
+        merged["guard"] = {"max_step": max(g.get("max_step") or 0 for g in guards),
+                           "changes": [c for g in guards for c in g.get("changes", [])][:100],
+                           "max_step_by_round": [g.get("max_step") for g in guards]}
     merged["interrupted"] = any(r.get("interrupted") for r in rounds)
     merged["rounds"] = [{"p99_ms": r["latency"]["p99_ms"], "p99_9_ms": r["latency"]["p99_9_ms"],
-                         "completed": r.get("completed")} for r in rounds]
+                         "completed": r.get("completed"),
+                         # the throughput and frame modes' headline, where there is one
+                         **{k: r[k] for k in ("throughput_per_s", "achieved_fps") if k in r}}
+                        for r in rounds]
     return merged

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ainative.stress import models, wire
+from ainative.stress import feeds, models, wire
 from ainative.stress.batch import nbytes, synthesise
 from ainative.stress.config import WorkloadConfig
 from ainative.stress.metrics import ResourceSampler, gpu_snapshot, sched_state
@@ -88,7 +88,7 @@ class ModelServer:
         self.cfg = cfg
         self.path = path
         self.session = models.open_session(cfg.model_path, cfg.threads, cfg.device)
-        self.specs = models.input_specs(self.session, cfg.batch, cfg.model_name)
+        self.specs = cfg.inputs or models.input_specs(self.session, cfg.batch, cfg.model_name)
         self.feeds = synthesise(self.specs)
         self.sizes = [nbytes(s) for s in self.specs]
         self.expected = sum(self.sizes)
@@ -146,7 +146,8 @@ class ModelServer:
                 n += 1
         except Exception as e:
             raise models.ModelError(f"{self.cfg.model_name}: the model failed to run: "
-                                    f"{_first_line(e)}") from e
+                                    f"{_first_line(e)}{feeds.random_hint(self.specs)}"
+                                    ) from e
         self.service_s = (time.perf_counter() - t0) / n
         # Before any request: a first NVML probe holds the GIL for tens of milliseconds.
         self.gpu = gpu_snapshot()
