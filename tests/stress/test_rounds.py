@@ -65,3 +65,15 @@ def test_the_verdict_pairs_ainative_with_alone_round_by_round() -> None:
     assert v["median_round_ratio"] == pytest.approx(1.1, abs=0.02)
     # The merged ratio is the p99 of every request: the slow second round dominates it.
     assert v["ainative_vs_alone_p99"] > 1.5 and v["within_1_5x_alone"] is False
+
+
+def test_the_daemons_cpu_averages_and_the_loops_steps_gather_over_rounds() -> None:
+    r1 = round_result([300] * 100, late=0, rq=0.1)
+    r2 = round_result([300] * 100, late=0, rq=0.1)
+    r1.update(daemon_cpu_percent=0.4, guard={"max_step": 3, "changes": [
+        {"ts": 1.0, "step": 1, "name": "weight", "why": "w"}]})
+    r2.update(daemon_cpu_percent=0.8, guard={"max_step": 0, "changes": []})
+    m = merge_rounds([r1, r2])
+    assert m["daemon_cpu_percent"] == pytest.approx(0.6)
+    assert m["guard"]["max_step"] == 3 and m["guard"]["max_step_by_round"] == [3, 0]
+    assert [c["name"] for c in m["guard"]["changes"]] == ["weight"]
