@@ -55,7 +55,7 @@ class GuardConfig:
     wait_high: float = 0.10
     wait_low: float = 0.03
     window_s: float = 1.0  # the ratio is taken over this long
-    step_up_s: float = 1.0  # above wait_high this long before the next step
+    step_up_s: float = 0.5  # above wait_high this long before the next step
     hold_s: float = 10.0  # below wait_low this long before a step down
     max_hold_s: float = 160.0
     # Less CPU than this over the window: no decision (too few runs to judge a ratio).
@@ -122,6 +122,12 @@ class WaitMeter:
         if cpu <= 0 or cpu < min_cpu_s:
             return None
         return wait / cpu
+
+    def restart_window(self) -> None:
+        """Forget the deltas but keep the counters: after a step changes, the ratio is
+        taken over what happened since (the old window would still show the wait the
+        step was taken against)."""
+        self._deltas.clear()
 
     def reset(self) -> None:
         self._last_wait.clear()

@@ -31,8 +31,12 @@ from ainative.core.knobs import describe
 from ainative.platform.backend import Backend
 from ainative.platform.base import SCHED_FIFO, SCHED_IDLE, ProcessGone, TaskId
 
-# How often the competitors are looked for while the loop is engaged.
+# How often the competitors are looked for while the loop is engaged and holds some;
+# while it is engaged and has found none yet (or the wait is high at step 0, to have a
+# first sample ready), every tick: a competitor's demand needs two samples of its CPU
+# and of its wait, so the first demotion comes three ticks after the wait rose.
 _SCAN_EVERY_S = 1.0
+_FAST_SCANS = 8
 # A demoted competitor is released once it uses less than this (percent of one CPU): a
 # demoted process gets less CPU than the threshold that found it, so the threshold that
 # keeps it is lower, or the loop would release and find it again in turns.
@@ -54,6 +58,13 @@ class _Rate:
     demand: float = 0.0  # CPU it got plus the main thread's wait for one: what it wants
 
 
+def _own_cpus() -> list[int]:
+    """The CPUs this process may run on; every CPU where the OS has no such call
+    (Windows: the fence is a Linux mechanism, the loop only has to start there)."""
+    get = getattr(os, "sched_getaffinity", None)
+    return sorted(get(0)) if get is not None else list(range(os.cpu_count() or 1))
+
+
 class GuardLoop:
     def __init__(self, backend: Backend, classifier: Classifier, imposer: Imposer,
                  config: GuardConfig, *, online_cpus: Callable[[], list[int]] | None = None
@@ -65,11 +76,12 @@ class GuardLoop:
         self.ladder = Ladder(config)
         self.meter = WaitMeter(config.window_s)
         self.ratio: float | None = None
-        self._online = online_cpus or (lambda: sorted(os.sched_getaffinity(0)))
+        self._online = online_cpus or _own_cpus
         self._rates: dict[int, _Rate] = {}
         self._next_scan = 0.0
         self._excluded: dict[TaskId, str | None] = {}
-        self._self_original = sorted(os.sched_getaffinity(0))
+        self._empty_scans = 0  # scans in a row that found no competitor
+        self._self_original = _own_cpus()
         # The realtime step: serving processes it holds, their last CPU sample, and those
         # barred from it (the starvation guard) until a time.
         self._rt: set[TaskId] = set()
@@ -133,19 +145,28 @@ class GuardLoop:
         before = self.ladder.step
         step = self.ladder.observe(now, self.ratio, bool(busy_serving))
         if step != before:
+            self.meter.restart_window()
             log.event("guard_step", step=step, name=self._step_name(step),
                       why=self.ladder.why)
         if step == 0:
             if self.imposer.imposed:
                 self.imposer.release_all(self.ladder.why or "step 0")
             self._rt.clear()
-            self._rates.clear()
+            self._empty_scans = 0
             self._keep_self_off(None)
+            if self.ratio is not None and self.ratio > self.config.wait_high:
+                self._scan(now)  # a first sample, so the first step finds its competitors
+            else:
+                self._rates.clear()
             return
         self._hold_realtime(rt if "realtime" in self.ladder.step_names() else {})
         if step != before or now >= self._next_scan:
-            self._next_scan = now + _SCAN_EVERY_S
             self._hold(now, serving)
+            held = any(i not in self._rt for i in self.imposer.imposed)
+            # Every tick until competitors are found, but not for ever when there are
+            # none (a server whose own threads outnumber the CPUs waits on itself).
+            fast = not held and self._empty_scans < _FAST_SCANS
+            self._next_scan = now + (0.0 if fast else _SCAN_EVERY_S)
         else:
             self.imposer.catch_up()
 
@@ -212,6 +233,7 @@ class GuardLoop:
         percent = self._scan(now)
         wanted = set(pick_contenders(percent, self.config.contender_cpu_percent,
                                      self.config.max_contenders))
+        self._empty_scans = 0 if wanted else self._empty_scans + 1
         knobs = self._knobs()
         self._keep_self_off(knobs.get("affinity"))  # type: ignore[arg-type]
         held = {i.pid: i for i in self.imposer.imposed if i not in self._rt}
