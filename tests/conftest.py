@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+# tests/windows runs in a Windows CPython under Wine (scripts/windows-tests, started by
+# tests/winhost/test_windows_under_wine.py), never in this Python.
+collect_ignore = ["windows"]
 
 
 @pytest.fixture(scope="session")

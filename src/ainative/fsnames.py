@@ -3,8 +3,11 @@ wording for every refusal the daemon, the journal and the rule loader give."""
 
 from __future__ import annotations
 
-import pwd
 import stat
+import sys
+
+if sys.platform != "win32":
+    import pwd
 
 _KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
           (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -13,6 +16,8 @@ _KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
 
 
 def user_label(uid: int) -> str:
+    if sys.platform == "win32":
+        return f"uid {uid}"
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except (KeyError, OverflowError, ValueError):

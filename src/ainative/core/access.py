@@ -13,15 +13,18 @@ cores, protected memory) needs root or a grant::
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 from ainative.core.classes import ClassPolicy, format_ioprio
+
+if sys.platform != "win32":  # Windows has no uids or groups: grants by user id only
+    import grp
+    import pwd
 from ainative.platform.base import IOPRIO_CLASS_BY_NAME, POLICY_NAMES, SCHED_BATCH, SCHED_IDLE
 
 # The value of AINATIVE_CLASS that asks never to be touched, and the [access] table that
@@ -190,6 +193,8 @@ def _identity(uid: int) -> tuple[str | None, frozenset[int]]:
         return hit[1], hit[2]
     name: str | None = None
     gids: frozenset[int] = frozenset()
+    if sys.platform == "win32":
+        return name, gids
     try:
         pw = pwd.getpwuid(uid)
     except (KeyError, OverflowError, ValueError, TypeError):
@@ -213,6 +218,8 @@ def _group_gid(name: str) -> int | None:
         hit = _groups.get(name)
     if hit is not None and now - hit[0] < LOOKUP_TTL_S:
         return hit[1]
+    if sys.platform == "win32":
+        return None
     try:
         gid: int | None = grp.getgrnam(name).gr_gid
     except (KeyError, ValueError, UnicodeError):

@@ -16,15 +16,18 @@ the next record starts on a line of its own.
 The files are opened relative to a directory fd with O_NOFOLLOW, and an opened file must
 be a regular file with one link, owned by this process's euid and writable by no one
 else: a symlink or hard link planted in the state directory is refused, never written.
+On Windows (no directory fds, no O_NOFOLLOW, no uids) the files are opened by path and
+must be regular files with one link; who may write the state directory is its ACL's
+business (%ProgramData%\\ainative inherits an administrators-only ACL).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +36,10 @@ from typing import Any
 from ainative.core import knobs
 from ainative.fsnames import file_kind, user_label
 from ainative.platform.base import TaskId
+
+WINDOWS = sys.platform == "win32"
+if not WINDOWS:
+    import fcntl
 
 CLOSE_REASONS = ("undone", "released", "gone", "failed", "skipped")
 JOURNAL_NAME = "journal.jsonl"
@@ -148,6 +155,33 @@ def open_private(dir_fd: int, name: str, flags: int, mode: int = 0o600, *,
     return fd
 
 
+def open_private_windows(path: str, flags: int) -> int:
+    """Windows' open_private: by path, binary, not inherited by children; the file must be
+    a regular file (not a directory or device) with one link."""
+    trunc = bool(flags & os.O_TRUNC)
+    oflags = (flags & ~os.O_TRUNC) | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)
+    try:
+        fd = os.open(path, oflags, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise JournalError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalError(f"{path} is {file_kind(st.st_mode)}, not a regular file: "
+                               "remove it")
+        if st.st_nlink != 1:
+            raise JournalError(f"{path} has {st.st_nlink} hard links (another name for the "
+                               "same file exists, perhaps planted): remove it")
+        if trunc:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 # --- parsing one line ---
 
 
@@ -226,7 +260,10 @@ class Journal:
         self.unusable: list[str] = []
         self.unusable_count = 0
         self.torn_tail = False
-        if dir_fd is None:
+        if WINDOWS:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            self._dfd = -1  # no directory fds on Windows: files are opened by path
+        elif dir_fd is None:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             try:
                 self._dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -245,10 +282,13 @@ class Journal:
                 os.close(self._fd)
                 raise
         except BaseException:
-            os.close(self._dfd)
+            if self._dfd >= 0:
+                os.close(self._dfd)
             raise
 
     def _open_file(self, name: str, flags: int) -> int:
+        if WINDOWS:
+            return open_private_windows(os.path.join(self.state_dir, name), flags)
         return open_private(self._dfd, name, flags, 0o600, where=self.state_dir)
 
     def _check_tmp(self) -> None:
@@ -262,8 +302,10 @@ class Journal:
     def _read_all(self) -> bytes:
         chunks: list[bytes] = []
         off = 0
+        if WINDOWS:  # no pread: the file is O_APPEND, so moving the offset is harmless
+            os.lseek(self._fd, 0, os.SEEK_SET)
         while True:
-            b = os.pread(self._fd, 1 << 20, off)
+            b = os.read(self._fd, 1 << 20) if WINDOWS else os.pread(self._fd, 1 << 20, off)
             if not b:
                 return b"".join(chunks)
             chunks.append(b)
@@ -395,10 +437,19 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(TMP_NAME, JOURNAL_NAME, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
-            os.fsync(self._dfd)
+            if WINDOWS:
+                # An open file cannot be replaced on Windows: close it first. NTFS journals
+                # the rename itself (a directory cannot be fsynced there).
+                os.close(self._fd)
+                self._fd = -1
+                os.replace(os.path.join(self.state_dir, TMP_NAME),
+                           os.path.join(self.state_dir, JOURNAL_NAME))
+            else:
+                os.replace(TMP_NAME, JOURNAL_NAME, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+                os.fsync(self._dfd)
             new_fd = self._open_file(JOURNAL_NAME, os.O_RDWR | os.O_APPEND)
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             self._fd = new_fd
             self._lines = len(self._open)
 

@@ -137,7 +137,7 @@ class Knob:
     show: Callable[[Any], str]
     # Whether a value gives realtime treatment (a restore must never grant that).
     realtime: Callable[[Any], bool] = lambda v: False
-    platform: str = "linux"  # the backend that has it (knobs_for)
+    platforms: frozenset[str] = frozenset({"linux"})  # the backends that have it (knobs_for)
 
 
 KNOBS: dict[str, Knob] = {k.name: k for k in (
@@ -146,12 +146,13 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          realtime=lambda v: int(v[0]) in (SCHED_FIFO, SCHED_RR)),
     Knob("ioprio", "thread", _valid_ioprio, _show_ioprio,
          realtime=lambda v: int(v[0]) == IOPRIO_CLASS_RT),
-    Knob("affinity", "thread", _valid_affinity, lambda v: format_cpus(frozenset(v))),
+    Knob("affinity", "thread", _valid_affinity, lambda v: format_cpus(frozenset(v)),
+         platforms=frozenset({"linux", "windows"})),
     Knob("cgroup", "process", _valid_cgroup, _show_cgroup),
     Knob("priority_class", "thread", _valid_priority_class, str,
-         realtime=lambda v: v == "realtime", platform="windows"),
+         realtime=lambda v: v == "realtime", platforms=frozenset({"windows"})),
     Knob("thread_priority", "thread", _valid_thread_priority,
-         lambda v: THREAD_PRIORITY_NAMES.get(int(v), str(v)), platform="windows"),
+         lambda v: THREAD_PRIORITY_NAMES.get(int(v), str(v)), platforms=frozenset({"windows"})),
 )}
 THREAD_KNOBS = tuple(k for k, spec in KNOBS.items() if spec.scope == "thread")
 PROCESS_KNOBS = tuple(k for k, spec in KNOBS.items() if spec.scope == "process")
@@ -162,7 +163,7 @@ def knobs_for(backend_name: str) -> frozenset[str]:
     test's in-memory fake) the Linux ones. A class may name both kinds; the engine leaves
     out those the backend in use does not have."""
     platform = "windows" if backend_name == "windows" else "linux"
-    return frozenset(k for k, spec in KNOBS.items() if spec.platform == platform)
+    return frozenset(k for k, spec in KNOBS.items() if platform in spec.platforms)
 
 
 def describe(knob: str, value: Any) -> str:

@@ -19,6 +19,7 @@ import fnmatch
 import os
 import re
 import stat
+import sys
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -556,8 +557,16 @@ def _parse_rule(r: Any, where: str, i: int, ignore: bool = False) -> Rule:
 
 
 
+# Open flags that keep a rule file's open from blocking or taking a terminal (POSIX only).
+_NO_SIDE_EFFECTS = (getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                    | getattr(os, "O_NOCTTY", 0))
+
+
 def _check_trusted(path: str, st: os.stat_result, what: str) -> None:
-    """Refuse a file or directory that someone other than root (or us) could change."""
+    """Refuse a file or directory that someone other than root (or us) could change.
+    (Windows has no uids or mode bits: there the file's ACL decides who may change it.)"""
+    if sys.platform == "win32":
+        return
     if st.st_uid not in (0, os.geteuid()):
         raise ConfigError(f"{path}: {what} is owned by {user_label(st.st_uid)}, and only root's "
                           f"rule files are trusted; fix: chown root {path}")
@@ -581,8 +590,7 @@ def _read(path: str, dir_fd: int | None = None, name: str | None = None) -> str:
     try:
         # stat first: opening a device can have side effects (a watchdog, a tape).
         _check_regular(path, os.stat(target, dir_fd=dir_fd))
-        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
-                     dir_fd=dir_fd)
+        fd = os.open(target, os.O_RDONLY | _NO_SIDE_EFFECTS, dir_fd=dir_fd)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read rule file: {e.strerror or e}") from None
     try:

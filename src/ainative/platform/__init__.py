@@ -44,6 +44,10 @@ def get_platform(*, cgroup_root: str = "ainative", poll_interval: float = 0.5,
 
         return linux_platform(cgroup_root=cgroup_root, poll_interval=poll_interval,
                               cgroup_mount=cgroup_mount)
+    if sys.platform == "win32":
+        from ainative.platform.windows import windows_platform
+
+        return windows_platform(poll_interval=poll_interval)
     raise MechanismUnavailable(f"ainative has no backend for {sys.platform} yet")
 
 
