@@ -126,9 +126,9 @@ class PinnedPool:
                 raise MemlockError(f"{e}; {limits.explain(size)}") from e
             arena = Arena(size, False, hugepages, numa_node)
             lock_reason = f"UNLOCKED: mlock failed ({e.strerror})"
-        if arena.info.locked:
-            lock_reason = "mlock"
-        arena.info.lock_reason = lock_reason
+        if not arena.info.locked:
+            # Locked: the arena names how (mlock, VirtualLock); else the reason here.
+            arena.info.lock_reason = lock_reason
         self._arena: Arena | _ClosedArena = arena
         # Tells whether the mapping still exists after close() (views may keep it).
         self._arena_ref: weakref.ref[Arena] = weakref.ref(arena)
