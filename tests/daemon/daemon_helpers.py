@@ -24,6 +24,9 @@ from ainative.ipc.client import Client, DaemonError
 from ainative.ipc.launcher import LaunchError, ScopedDaemon
 
 ROOT = os.geteuid() == 0
+# Waits for the daemon are multiplied by this: tests/vm runs some of these tests in a VM
+# under software emulation (TCG), 10-16x slower than a host.
+TIME_SCALE = float(os.environ.get("AINATIVE_TEST_TIME_SCALE", "1"))
 needs_root = pytest.mark.skipif(not ROOT, reason="changes priorities and cgroups: needs root")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -230,7 +233,7 @@ class DaemonProc:
 
     def wait_task(self, pid: int, *, cls: str | None = None, active: bool = True,
                   timeout: float = 10.0) -> dict[str, Any]:
-        end = time.monotonic() + timeout
+        end = time.monotonic() + timeout * TIME_SCALE
         last: Any = None
         while time.monotonic() < end:
             try:
@@ -308,7 +311,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
                           metrics_address=metrics)
         started.append(sd)
         try:
-            sd.start(wait=wait, timeout=15)
+            sd.start(wait=wait, timeout=15 * TIME_SCALE)
         except LaunchError as e:
             raise AssertionError(str(e)) from None
         assert sd.proc is not None
