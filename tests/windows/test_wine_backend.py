@@ -176,7 +176,7 @@ def test_a_value_someone_else_sets_is_left_alone(
 def test_realtime_reads_back_as_realtime_for_an_administrator(
         child: Child, backend: WindowsBackend) -> None:
     # Wine runs everything as Administrator; the downgrade to HIGH for other users is
-    # tested with a fake boundary (tests/core/test_windows_logic.py).
+    # tested with a fake boundary (tests/winhost/test_windows_fake_boundary.py).
     assert backend.api.is_admin()
     backend.set_knob(child.pid, "priority_class", "realtime")
     try:

@@ -98,8 +98,8 @@ def test_console_daemon_applies_answers_on_its_pipe_and_recovers_after_a_crash(
         assert rep["ok"], rep
         assert backend.get_knob(child.pid, "priority_class") == "normal"
         assert backend.get_knob(child.pid, "thread_priority") == 0
-        bad = request({"op": "register", "pid": child.pid, "class": "winserve"}, pipe)
-        assert bad["ok"] is False and "not offered" in bad["error"]
+        bad = request({"op": "register", "pid": child.pid, "class": "no-such"}, pipe)
+        assert bad["ok"] is False and "unknown class" in bad["error"], bad
     finally:
         for d in daemons:
             if d.poll() is None:

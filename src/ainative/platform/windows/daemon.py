@@ -7,11 +7,11 @@ control channel on a named pipe (control.py), and ETW for events (etw.py).
 
 Ctrl+C (or Ctrl+Break) undoes every change and exits; a daemon killed outright leaves its
 journal, and the next start undoes what it had in force before doing anything else.
-Requests on the pipe: ping, status, restore (undo everything and pause), resume.
+Requests on the pipe: ping, status, register, restore (undo everything and pause), resume.
 
-Not a Windows service: a service must answer the Service Control Manager, which needs
-pywin32 or a native wrapper; run this under a supervisor such as NSSM or a scheduled task
-meanwhile.
+The same loop runs as a Windows service (service.py); stop() is what its STOP control
+calls. The pipe's access (any local user may ask, the caller is identified) is
+control.py's; who may ask for what is ops.py's.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import select
 import sys
 import threading
 import time
-from typing import Any
 
 from ainative.core.journal import Journal, JournalError, make_validator
 from ainative.core.rules import ConfigError, RuleSet, load_rules
 from ainative.core.supervisor import Supervisor, SupervisorConfig
-from ainative.ipc.protocol import Peer, RequestError, reply_error, reply_ok
 from ainative.platform import get_platform
 from ainative.platform.windows.control import PIPE, ControlPipe
+from ainative.platform.windows.ops import WindowsOps
 from ainative.telemetry.sink import NULL_SINK, EventSink
 
 RECONCILE_S = 1.0
@@ -44,48 +43,30 @@ class ConsoleDaemon:
                  scope_pid: int | None = None, poll_interval: float = 0.5,
                  sink: EventSink = NULL_SINK) -> None:
         self.platform = get_platform(poll_interval=poll_interval)
+        api = self.platform.backend.api  # type: ignore[attr-defined]
+        # The pipe first: a squatted name stops the start before any state is touched.
+        self.pipe = ControlPipe(api, pipe)
         self.journal = Journal(state_dir, validate=make_validator("ainative"))
         self.sup = Supervisor(self.platform.backend, rules, self.journal,
                               SupervisorConfig(scope_pid=scope_pid), sink=sink)
         self.lock = threading.Lock()  # the pipe's thread and the loop share the supervisor
         self.stopping = threading.Event()
-        self.pipe = ControlPipe(self.platform.backend.api, pipe)  # type: ignore[attr-defined]
+        self.ops = WindowsOps(self.sup, api, self.lock)
+
+    def stop(self) -> None:
+        """Ask run() to undo everything and return (the service's STOP control)."""
+        self.stopping.set()
 
     # --- the control channel ---
-
-    def handle(self, peer: Peer, req: dict[str, Any]) -> bytes:
-        op = req["op"]
-        with self.lock:
-            if op == "ping":
-                return reply_ok(pid=os.getpid())
-            if op == "status":
-                return reply_ok(paused=self.sup.engine.paused, managed=[
-                    {"pid": m.ident.pid, "name": m.name, "cls": m.cls, "active": m.active,
-                     "knobs": m.applied_summary(), "errors": m.errors}
-                    for m in self.sup.engine.managed.values()])
-            if op in ("restore", "resume"):
-                if not peer.is_root:
-                    raise RequestError(f"{op} needs an administrator (an elevated caller)")
-                if op == "restore":
-                    return reply_ok(**self.sup.restore().to_json())
-                self.sup.resume()
-                return reply_ok()
-        raise RequestError(f"op {op!r} is not offered by the Windows daemon yet")
 
     def _serve_pipe(self) -> None:
         while not self.stopping.is_set():
             try:
-                self.pipe.serve_one(self._safe_handle)
+                self.pipe.serve_one(self.ops.handle)
             except OSError:
                 if self.stopping.is_set():
                     return
                 time.sleep(0.1)
-
-    def _safe_handle(self, peer: Peer, req: dict[str, Any]) -> bytes:
-        try:
-            return self.handle(peer, req)
-        except RequestError as e:
-            return reply_error(str(e))
 
     # --- the loop ---
 
@@ -127,27 +108,37 @@ class ConsoleDaemon:
         return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ainative.platform.windows.daemon")
+def parser(prog: str = "python -m ainative.platform.windows.daemon") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("--rules", action="append", default=[])
     ap.add_argument("--state-dir", default=default_state_dir())
     ap.add_argument("--pipe", default=PIPE)
     ap.add_argument("--scope-descendants", type=int, default=None)
     ap.add_argument("--no-etw", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def build(args: argparse.Namespace) -> ConsoleDaemon:
+    """The daemon the arguments describe. Raises ConfigError, JournalError or OSError
+    (a squatted pipe is control.PipeSquatted) with a one-line message."""
+    rules = load_rules(args.rules, rules_dir=None)
+    sink: EventSink = NULL_SINK
+    if not args.no_etw:
+        from ainative.platform.windows.etw import EtwSink
+
+        sink = EtwSink()
+    return ConsoleDaemon(rules, args.state_dir, pipe=args.pipe,
+                         scope_pid=args.scope_descendants, sink=sink)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if sys.platform != "win32":
         print("ainative: this is the Windows daemon; on Linux run `ainative daemon`",
               file=sys.stderr)
         return 2
     try:
-        rules = load_rules(args.rules, rules_dir=None)
-        sink: EventSink = NULL_SINK
-        if not args.no_etw:
-            from ainative.platform.windows.etw import EtwSink
-
-            sink = EtwSink()
-        daemon = ConsoleDaemon(rules, args.state_dir, pipe=args.pipe,
-                               scope_pid=args.scope_descendants, sink=sink)
+        daemon = build(args)
     except (ConfigError, JournalError, OSError) as e:
         print(f"ainative: {e}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@ class, through ctypes.
 
 Why one class: the backend's logic (what to journal, how to read a value back, what a
 refused call means) is tested on Linux against an in-memory stand-in for this class
-(tests/core/test_windows_logic.py), because the paths that need a real Windows (a
+(tests/winhost/test_windows_fake_boundary.py), because the paths that need a real Windows (a
 non-administrator's REALTIME being downgraded to HIGH, the working-set quota refusing a
 VirtualLock) cannot be reproduced under Wine, which runs everything as Administrator.
 Under Wine the real class is exercised by tests/windows.
@@ -35,6 +35,10 @@ THREAD_QUERY_INFORMATION = 0x0040
 THREAD_QUERY_LIMITED_INFORMATION = 0x0800
 TOKEN_QUERY = 0x0008
 TOKEN_ELEVATION = 20  # TOKEN_INFORMATION_CLASS TokenElevation
+TOKEN_USER = 1  # TOKEN_INFORMATION_CLASS TokenUser
+SDDL_REVISION_1 = 1
+SE_KERNEL_OBJECT = 6
+DACL_SECURITY_INFORMATION = 0x4
 
 # Priority classes (SetPriorityClass).
 PRIORITY_CLASS_VALUES = {
@@ -116,6 +120,29 @@ class Win32(Protocol):
     def virtual_unlock(self, address: int, size: int) -> None: ...
 
 
+class _SECURITY_ATTRIBUTES(ctypes.Structure):
+    _fields_ = [("length", ctypes.c_uint32), ("descriptor", ctypes.c_void_p),
+                ("inherit", ctypes.c_int)]
+
+
+class SecurityAttributes:
+    """A SECURITY_ATTRIBUTES built from SDDL, alive until ``free()``: ``address`` is what
+    CreateNamedPipe's last argument takes (the descriptor is LocalAlloc'd by Windows)."""
+
+    def __init__(self, struct: _SECURITY_ATTRIBUTES, free: Any) -> None:
+        self._struct = struct
+        self._free = free
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._struct)
+
+    def free(self) -> None:
+        if self._struct.descriptor:
+            self._free(self._struct.descriptor)
+            self._struct.descriptor = None
+
+
 class _FILETIME(ctypes.Structure):
     _fields_ = [("low", ctypes.c_uint32), ("high", ctypes.c_uint32)]
 
@@ -193,6 +220,17 @@ class Kernel32:
                                                       ctypes.c_ulong,
                                                       ctypes.POINTER(ctypes.c_ulong)]
         self._nt.NtQueryInformationThread.restype = ctypes.c_long
+        a = self._adv
+        a.ConvertStringSecurityDescriptorToSecurityDescriptorW.argtypes = [
+            w.LPCWSTR, w.DWORD, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(w.ULONG)]
+        a.ConvertSecurityDescriptorToStringSecurityDescriptorW.argtypes = [
+            ctypes.c_void_p, w.DWORD, w.DWORD, ctypes.POINTER(w.LPWSTR), ctypes.POINTER(w.ULONG)]
+        a.GetSecurityInfo.argtypes = [h, ctypes.c_int, w.DWORD] + [ctypes.c_void_p] * 4 + [
+            ctypes.POINTER(ctypes.c_void_p)]
+        a.GetSecurityInfo.restype = w.DWORD
+        a.ConvertSidToStringSidW.argtypes = [ctypes.c_void_p, ctypes.POINTER(w.LPWSTR)]
+        k.LocalFree.argtypes = [ctypes.c_void_p]
+        k.LocalFree.restype = ctypes.c_void_p
 
     # --- handles ---
 
@@ -370,6 +408,64 @@ class Kernel32:
                 self.close(int(token.value or 0))
         finally:
             self.close(h)
+
+    # --- security descriptors (the control pipe's) ---
+
+    def user_sid(self) -> str:
+        """This process's account as a string SID (S-1-5-...): the pipe's DACL names it
+        so that a daemon run by an ordinary user can create its own pipe instances."""
+        token = ctypes.c_void_p()
+        if not self._adv.OpenProcessToken(self._k.GetCurrentProcess(), TOKEN_QUERY,
+                                          ctypes.byref(token)):
+            raise self._fail("OpenProcessToken(self)")
+        try:
+            buf, size = ctypes.create_string_buffer(512), ctypes.c_ulong()
+            if not self._adv.GetTokenInformation(token, TOKEN_USER, buf, len(buf),
+                                                 ctypes.byref(size)):
+                raise self._fail("GetTokenInformation(TokenUser)")
+            sid = ctypes.c_void_p.from_buffer(buf).value  # TOKEN_USER.User.Sid
+            from ctypes import wintypes as w
+
+            text = w.LPWSTR()
+            if not self._adv.ConvertSidToStringSidW(sid, ctypes.byref(text)):
+                raise self._fail("ConvertSidToStringSidW")
+            try:
+                return str(text.value)
+            finally:
+                self._k.LocalFree(text)
+        finally:
+            self.close(int(token.value or 0))
+
+    def security_attributes(self, sddl: str) -> SecurityAttributes:
+        """SECURITY_ATTRIBUTES holding the descriptor ``sddl`` describes."""
+        sd = ctypes.c_void_p()
+        if not self._adv.ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                sddl, SDDL_REVISION_1, ctypes.byref(sd), None):
+            raise self._fail(f"ConvertStringSecurityDescriptorToSecurityDescriptorW({sddl!r})")
+        sa = _SECURITY_ATTRIBUTES(ctypes.sizeof(_SECURITY_ATTRIBUTES), sd.value, 0)
+        return SecurityAttributes(sa, self._k.LocalFree)
+
+    def handle_dacl(self, handle: int) -> str:
+        """The DACL of the object behind ``handle``, read back as SDDL ("D:..."): what the
+        object really carries, not what was asked for."""
+        sd = ctypes.c_void_p()
+        rc = self._adv.GetSecurityInfo(handle, SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION,
+                                       None, None, None, None, ctypes.byref(sd))
+        if rc != 0:
+            raise error(int(rc), "GetSecurityInfo")
+        try:
+            from ctypes import wintypes as w
+
+            text = w.LPWSTR()
+            if not self._adv.ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                    sd, SDDL_REVISION_1, DACL_SECURITY_INFORMATION, ctypes.byref(text), None):
+                raise self._fail("ConvertSecurityDescriptorToStringSecurityDescriptorW")
+            try:
+                return str(text.value)
+            finally:
+                self._k.LocalFree(text)
+        finally:
+            self._k.LocalFree(sd)
 
     # --- memory (this process) ---
 
