@@ -23,7 +23,8 @@ from ainative.core.guard import (
 )
 from ainative.core.rules import load_rules
 
-CFG = GuardConfig(wait_high=0.1, wait_low=0.02, step_up_s=1.0, hold_s=5.0, max_hold_s=20.0)
+CFG = GuardConfig(wait_high=0.1, wait_low=0.02, step_up_s=1.0, hold_s=5.0, max_hold_s=20.0,
+                  steps=("weight", "idle", "fence"))
 
 
 def feed(ladder: Ladder, t0: float, t1: float, ratio: float | None, busy: bool = True,

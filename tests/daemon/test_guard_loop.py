@@ -23,6 +23,7 @@ from daemon_helpers import (
     Children,
     DaemonProc,
     affinity_of,
+    cgroups_of,
     needs_root,
     nice_of,
     policy_of,
@@ -43,6 +44,7 @@ wait_low = 0.001
 step_up = "0.5s"
 hold = "30s"
 contender_cpu_percent = 20
+steps = ["weight", "idle", "fence"]
 """
 
 
@@ -51,8 +53,11 @@ def _loops(children: Children, n: int = 4) -> list[int]:
 
 
 def _fenced(pid: int, keep: str) -> bool:
+    """Every step on pid: nice 19, SCHED_IDLE, the fence, and the loop's weight-1 group
+    (its path, where the cpu hierarchy shows it, ends in ".guard")."""
     return (nice_of(pid, pid) == 19 and policy_of(pid, pid) == SCHED_IDLE
-            and affinity_of(pid, pid) == keep)
+            and affinity_of(pid, pid) == keep
+            and any(p.endswith(".guard") for p in cgroups_of(pid).values()))
 
 
 def _keep_cpus() -> str:

@@ -81,6 +81,8 @@ class GuardLoop:
         self._next_scan = 0.0
         self._excluded: dict[TaskId, str | None] = {}
         self._empty_scans = 0  # scans in a row that found no competitor
+        self._group_paths: dict[str, str] | None = None
+        self._group_error: str | None = None
         self._self_original = _own_cpus()
         # The realtime step: serving processes it holds, their last CPU sample, and those
         # barred from it (the starvation guard) until a time.
@@ -215,11 +217,39 @@ class GuardLoop:
     def _step_name(self, step: int) -> str | None:
         return self.ladder.name_of(step)
 
+    def _group(self) -> dict[str, str] | None:
+        """The loop's own cgroup (``<root>.guard``, cpu weight 1: the least either layout
+        allows, as the background class), made on first use; None where cgroups cannot be
+        used (said once in the log)."""
+        if self._group_paths is None and self._group_error is None:
+            eng = self.imposer.engine
+            if eng.dry_run or not eng.cgroups_enabled:
+                self._group_error = "cgroups off"
+            else:
+                try:
+                    self._group_paths = self.backend.cgroup_prepare("guard", {
+                        "cpu_weight": 1, "cpu_idle": None, "cpuset": None,
+                        "memory_low": None}) or None
+                except (OSError, ValueError, NotImplementedError) as e:
+                    self._group_error = str(e)
+                if self._group_paths is None:
+                    self._group_error = self._group_error or "no cpu controller"
+                    log.warn("guard_no_cgroup", why=self._group_error,
+                             detail="the weight step sets nice 19 only")
+        return self._group_paths
+
     def _knobs(self) -> dict[str, object]:
         knobs: dict[str, object] = {}
         names = self.ladder.step_names()
         if "weight" in names:
+            # nice 19 weighs 15 against a normal thread's 1024, per thread; a group of
+            # weight 1 weighs all of a competitor's threads together as one thread at
+            # 1/100 of the default: the background class's pair of knobs, measured best
+            # here (README, "Why background is not SCHED_IDLE").
             knobs["nice"] = 19
+            group = self._group()
+            if group:
+                knobs["cgroup"] = group
         if "idle" in names:
             knobs["policy"] = [SCHED_IDLE, 0]
         if "fence" in names:
@@ -251,7 +281,11 @@ class GuardLoop:
                 name = self.backend.process_name(pid)
             except (ProcessGone, PermissionError, OSError):
                 continue
-            self.imposer.impose(r.ident, name, dict(knobs), why)
+            mine = dict(knobs)
+            m = self.imposer.engine.managed.get(r.ident)
+            if m is not None and m.policy is not None and m.policy.cgroup:
+                mine.pop("cgroup", None)  # its class has a group of its own already
+            self.imposer.impose(r.ident, name, mine, why)
 
     def _scan(self, now: float) -> dict[int, float]:
         """Each process's CPU demand since the last scan, in percent of one CPU (new ones:

@@ -28,7 +28,7 @@ from typing import Any
 from ainative import log
 from ainative.core.engine import Engine, UndoReport
 from ainative.core.journal import Change
-from ainative.core.knobs import describe
+from ainative.core.knobs import comparable, describe
 from ainative.platform.base import ProcessGone, TaskId
 from ainative.telemetry.events import MAX_TEXT, PolicyApplied
 from ainative.telemetry.sink import restore_why
@@ -62,7 +62,8 @@ class Imposer:
         return not self.engine.dry_run and not self.engine.paused
 
     def value_on(self, tid: int, knob: str) -> Any:
-        """The value the loop set on thread tid for knob, or None."""
+        """The value the loop set on thread tid for knob, or None (for "cgroup", tid is
+        the process)."""
         for imp in self.imposed.values():
             for (t, k), c in imp.owned.items():
                 if t == tid and k == knob:
@@ -106,7 +107,9 @@ class Imposer:
             try:
                 tident = be.task_id(imp.ident.pid, tid)
                 for knob, target in imp.knobs.items():
-                    cur = be.get_knob(tid, knob)
+                    if knob == "cgroup" and tid != imp.ident.pid:
+                        continue  # process-wide: moved through its main thread
+                    cur = comparable(be.get_knob(tid, knob), target)
                     if cur == target:
                         continue
                     old = imp.owned.pop((tid, knob), None)
@@ -124,7 +127,7 @@ class Imposer:
         for c in changes:
             tid = c.task.pid
             try:
-                if be.task_id(imp.ident.pid, tid) != c.task:
+                if be.task_id(imp.ident.pid, tid if c.knob != "cgroup" else None) != c.task:
                     raise ProcessGone(tid)
                 be.set_knob(tid, c.knob, c.new)
             except ProcessGone:
