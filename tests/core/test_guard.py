@@ -38,20 +38,20 @@ def feed(ladder: Ladder, t0: float, t1: float, ratio: float | None, busy: bool =
 
 def test_climbs_one_step_per_step_up_while_the_wait_is_high() -> None:
     lad = Ladder(CFG)
-    t = feed(lad, 0.0, 1.0, 0.5)
+    t = feed(lad, 0.0, 1.0, 0.25)
     assert lad.step == 0  # high for less than step_up
-    t = feed(lad, t, t + 0.25, 0.5)
-    assert lad.step == 1 and "0.500" in lad.why
-    t = feed(lad, t, t + 1.0, 0.5)
+    t = feed(lad, t, t + 0.25, 0.25)
+    assert lad.step == 1 and "0.250" in lad.why
+    t = feed(lad, t, t + 1.0, 0.25)
     assert lad.step == 2
-    feed(lad, t, t + 10.0, 0.5)
+    feed(lad, t, t + 10.0, 0.25)
     assert lad.step == 3 == lad.top  # never beyond the last step
     assert lad.step_names() == ("weight", "idle", "fence")
 
 
 def test_comes_down_one_step_per_hold_and_not_inside_the_band() -> None:
     lad = Ladder(CFG)
-    t = feed(lad, 0.0, 3.1, 0.5)
+    t = feed(lad, 0.0, 3.1, 0.25)
     assert lad.step == 3
     t = feed(lad, t, t + 30, 0.05)  # between low and high: nothing moves
     assert lad.step == 3
@@ -63,13 +63,13 @@ def test_comes_down_one_step_per_hold_and_not_inside_the_band() -> None:
 
 def test_a_climb_soon_after_a_descent_doubles_the_hold_up_to_the_maximum() -> None:
     lad = Ladder(CFG)
-    t = feed(lad, 0.0, 1.1, 0.5)
+    t = feed(lad, 0.0, 1.1, 0.25)
     assert lad.step == 1
     holds = []
     for _ in range(4):
         t = feed(lad, t, t + lad.hold_s + 0.3, 0.0)
         assert lad.step == 0
-        t = feed(lad, t, t + 1.1, 0.5)
+        t = feed(lad, t, t + 1.1, 0.25)
         assert lad.step == 1
         holds.append(lad.hold_s)
     assert holds == [10.0, 20.0, 20.0, 20.0]
@@ -77,9 +77,9 @@ def test_a_climb_soon_after_a_descent_doubles_the_hold_up_to_the_maximum() -> No
 
 def test_idle_serving_or_disabled_means_step_zero_at_once() -> None:
     lad = Ladder(CFG)
-    t = feed(lad, 0.0, 3.1, 0.5)
+    t = feed(lad, 0.0, 3.1, 0.25)
     assert lad.step == 3
-    lad.observe(t, 0.5, False)
+    lad.observe(t, 0.25, False)
     assert lad.step == 0 and "no serving" in lad.why
     off = Ladder(GuardConfig(enabled=False))
     feed(off, 0.0, 10.0, 5.0)
@@ -88,7 +88,7 @@ def test_idle_serving_or_disabled_means_step_zero_at_once() -> None:
 
 def test_no_measurement_keeps_the_step() -> None:
     lad = Ladder(CFG)
-    t = feed(lad, 0.0, 2.1, 0.5)
+    t = feed(lad, 0.0, 2.1, 0.25)
     assert lad.step == 2
     feed(lad, t, t + 60, None)
     assert lad.step == 2
@@ -163,11 +163,32 @@ def test_guard_table_in_a_rule_file(tmp_path: Path) -> None:
 
 def test_the_realtime_step_exists_only_while_available() -> None:
     lad = Ladder(GuardConfig(wait_high=0.1, wait_low=0.02, step_up_s=1.0, steps=("weight",)))
-    t = feed(lad, 0.0, 5.0, 0.5)
+    t = feed(lad, 0.0, 5.0, 0.25)
     assert lad.step == 1  # nothing above weight while no class asks for realtime
     lad.extra = 1
-    t = feed(lad, t, t + 1.25, 0.5)
+    t = feed(lad, t, t + 1.25, 0.25)
     assert lad.step == 2 and lad.step_names() == ("weight", "realtime")
     lad.extra = 0  # the starvation guard barred the only candidate
-    lad.observe(t, 0.5, True)
+    lad.observe(t, 0.25, True)
     assert lad.step == 1 and "no longer available" in lad.why
+
+
+def test_a_wait_far_above_takes_the_first_step_at_once() -> None:
+    lad = Ladder(CFG)
+    lad.observe(0.0, 0.1 * 3.5, True)
+    assert lad.step == 1  # no step_up wait for the first step
+    lad.observe(0.25, 0.1 * 3.5, True)
+    assert lad.step == 1  # the next ones wait for step_up as usual
+
+
+def test_no_step_down_while_a_held_competitor_still_wants_the_cpu() -> None:
+    lad = Ladder(CFG)
+    t = feed(lad, 0.0, 1.25, 0.25)
+    assert lad.step == 1
+    t0 = t
+    while t < t0 + 60:
+        lad.observe(t, 0.0, True, pressure=True)
+        t += 0.25
+    assert lad.step == 1  # the low wait is the step working
+    feed(lad, t, t + 5.1, 0.0)  # the competitor went quiet
+    assert lad.step == 0

@@ -42,7 +42,7 @@ def _service_time(session: Any, feeds: dict[str, Any], budget_s: float = 0.3) ->
 
 # With --compare, each scenario's load runs this long before it is measured (config.py
 # says why); a single run measures from its first request.
-LOAD_WARMUP_S = 1.0
+LOAD_WARMUP_S = 2.0
 
 
 def _warmup(text: str | None, compare: bool) -> float:

@@ -52,6 +52,8 @@ STEP_NAMES = ("weight", "idle", "fence")
 # The default ladder leaves out "idle": SCHED_IDLE competitors made the serving tail worse
 # on this kernel (README, "Why background is not SCHED_IDLE"; benchmarks/bench_guard_tail.py).
 DEFAULT_STEPS = ("weight", "fence")
+# A wait this many times wait_high takes the first step without waiting for step_up.
+FAR_ABOVE = 3.0
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,14 @@ class Ladder:
     def top(self) -> int:
         return len(self.config.steps) + self.extra
 
-    def observe(self, now: float, ratio: float | None, serving_busy: bool) -> int:
-        """Feed one measurement; returns the step to be in force (0..len(steps))."""
+    def observe(self, now: float, ratio: float | None, serving_busy: bool,
+                pressure: bool = False) -> int:
+        """Feed one measurement; returns the step to be in force (0..len(steps)).
+
+        ``pressure``: a competitor the loop holds still wants a CPU's worth. A step is
+        lifted only without it: while the cause is still there, lifting the step only
+        brings the wait back (measured: each such probe cost the server a queue of
+        hundreds of ms), so the wait being low is the step working, not the need gone."""
         cfg = self.config
         if not cfg.enabled or not serving_busy:
             if self.step:
@@ -183,7 +191,11 @@ class Ladder:
             if self._high_since is None:
                 self._high_since = now
             # _high_since restarts at each climb: a step gets step_up_s to show its effect.
-            if self.step < self.top and now - self._high_since >= cfg.step_up_s * 0.999:
+            # The first step is taken at once when the wait is far above the threshold
+            # (a whole queue builds in step_up at 1,000 requests/s).
+            urgent = self.step == 0 and ratio >= FAR_ABOVE * cfg.wait_high
+            if self.step < self.top and (urgent or
+                                         now - self._high_since >= cfg.step_up_s * 0.999):
                 if self._last_down is not None and now - self._last_down < self.hold_s * 2:
                     # The wait came back soon after a step was lifted: hold longer next time.
                     self.hold_s = min(cfg.max_hold_s, self.hold_s * 2)
@@ -195,7 +207,7 @@ class Ladder:
             self._high_since = None
             if self._low_since is None:
                 self._low_since = now
-            if self.step and now - self._low_since >= self.hold_s * 0.999:
+            if self.step and not pressure and now - self._low_since >= self.hold_s * 0.999:
                 self._set(now, self.step - 1,
                           f"wait {ratio:.3f} s per CPU-second < {cfg.wait_low} "
                           f"for {now - self._low_since:.1f} s")

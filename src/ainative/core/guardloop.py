@@ -145,7 +145,7 @@ class GuardLoop:
         rt = self._realtime_candidates(now, busy_serving, cpus)
         self.ladder.extra = 1 if rt else 0
         before = self.ladder.step
-        step = self.ladder.observe(now, self.ratio, bool(busy_serving))
+        step = self.ladder.observe(now, self.ratio, bool(busy_serving), self._pressure())
         if step != before:
             self.meter.restart_window()
             log.event("guard_step", step=step, name=self._step_name(step),
@@ -157,7 +157,8 @@ class GuardLoop:
             self._empty_scans = 0
             self._keep_self_off(None)
             if self.ratio is not None and self.ratio > self.config.wait_high:
-                self._scan(now)  # a first sample, so the first step finds its competitors
+                # A first sample (CPU and wait), so the first step finds its competitors.
+                self._scan(now)
             else:
                 self._rates.clear()
             return
@@ -213,6 +214,18 @@ class GuardLoop:
             why = f"step {self.ladder.step} (realtime): {self.ladder.why}"
             if self.imposer.impose(ident, m.name, {"policy": [SCHED_FIFO, prio]}, why):
                 self._rt.add(ident)
+
+    def _pressure(self) -> bool:
+        """Whether a competitor the loop holds still wants at least the threshold's worth
+        of CPU (then a low wait is the step working, and the step stays)."""
+        for ident in self.imposer.imposed:
+            if ident in self._rt:
+                continue
+            r = self._rates.get(ident.pid)
+            if r is not None and r.ident == ident and (
+                    r.demand >= self.config.contender_cpu_percent):
+                return True
+        return False
 
     def _step_name(self, step: int) -> str | None:
         return self.ladder.name_of(step)
@@ -287,19 +300,23 @@ class GuardLoop:
                 mine.pop("cgroup", None)  # its class has a group of its own already
             self.imposer.impose(r.ident, name, mine, why)
 
-    def _scan(self, now: float) -> dict[int, float]:
+    def _scan(self, now: float, prime: bool = False) -> dict[int, float]:
         """Each process's CPU demand since the last scan, in percent of one CPU (new ones:
         none yet). Demand, not use: under contention a busy loop gets a fraction of a CPU
         (four loops and a server on two CPUs: under half each), but it is runnable all the
         time; the time its main thread waited for a CPU is added to the time it ran."""
         out: dict[int, float] = {}
         seen: dict[int, _Rate] = {}
+        prime = prime or not self._rates
         for pid in self.backend.list_pids():
             try:
                 user, system = self.backend.cpu_times(pid)
                 prev = self._rates.get(pid)
                 if prev is None or now <= prev.t or user + system < prev.cpu:
-                    seen[pid] = _Rate(self.backend.task_id(pid), now, user + system)
+                    # First sight: its wait too when the loop is about to need demands
+                    # (the priming scan at step 0), so the first step can pick at once.
+                    wait = self.backend.run_queue_wait_ns(pid) if prime else None
+                    seen[pid] = _Rate(self.backend.task_id(pid), now, user + system, wait)
                     continue
                 span = now - prev.t
                 pct = (user + system - prev.cpu) / span * 100.0

@@ -27,6 +27,9 @@ class WorkloadConfig:
     # Requests sent at the full rate, not measured, before the measurement starts: what is
     # measured is the steady state, the same for every scenario (a daemon that starts with
     # its scenario has settled by then, as a system daemon has long before a request).
+    # --compare uses 2 s: a daemon started with its scenario meets hogs no rule knows only
+    # when the load starts, and its closed loop takes about a second to find and demote
+    # them (a running daemon does so once, when such contention appears).
     load_warmup_s: float = 0.0
     late_threshold_s: float = 0.001
     max_queue_s: float = 1.0
