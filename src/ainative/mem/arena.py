@@ -34,6 +34,21 @@ if sys.platform != "win32":  # Windows: arena_windows.Arena, selected at the end
     _libc.memset.restype = ctypes.c_void_p
 
 
+def block_of(arena: object, address: int, size: int, offset: int, nbytes: int
+             ) -> ctypes.Array[ctypes.c_char]:
+    """A ctypes object over [offset, offset + nbytes) of an arena mapped at address (both
+    platforms' arenas)."""
+    if not address:
+        raise ValueError("the arena is unmapped")
+    if offset < 0 or offset + nbytes > size:
+        raise IndexError("range outside the arena")
+    blk = (ctypes.c_char * nbytes).from_address(address + offset)
+    # Every view hangs on its block, and the block on the arena: the mapping cannot go
+    # away (closing the pool, or the pool being collected) while a view can reach it.
+    blk._arena = arena  # type: ignore[attr-defined]
+    return blk
+
+
 class LockFailed(OSError):
     """mlock refused the arena (as opposed to mmap, madvise or mbind failing)."""
 
@@ -154,15 +169,7 @@ class Arena:
 
     def block(self, offset: int, nbytes: int) -> ctypes.Array[ctypes.c_char]:
         """A ctypes object over the range: the buffer exporter every view of it hangs on."""
-        if not self.address:
-            raise ValueError("the arena is unmapped")
-        if offset < 0 or offset + nbytes > self.size:
-            raise IndexError("range outside the arena")
-        blk = (ctypes.c_char * nbytes).from_address(self.address + offset)
-        # Every view hangs on its block, and the block on the arena: the mapping cannot go
-        # away (closing the pool, or the pool being collected) while a view can reach it.
-        blk._arena = self  # type: ignore[attr-defined]
-        return blk
+        return block_of(self, self.address, self.size, offset, nbytes)
 
     def close(self) -> None:
         if self.address:

@@ -104,13 +104,9 @@ class WindowsArena:
 
     def block(self, offset: int, nbytes: int) -> ctypes.Array[ctypes.c_char]:
         """A ctypes object over the range, holding the arena (as the Linux arena's)."""
-        if not self.address:
-            raise ValueError("the arena is unmapped")
-        if offset < 0 or offset + nbytes > self.size:
-            raise IndexError("range outside the arena")
-        blk = (ctypes.c_char * nbytes).from_address(self.address + offset)
-        blk._arena = self  # type: ignore[attr-defined]
-        return blk
+        from ainative.mem.arena import block_of
+
+        return block_of(self, self.address, self.size, offset, nbytes)
 
     def close(self) -> None:
         if self.address:
