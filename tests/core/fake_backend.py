@@ -16,7 +16,7 @@ from typing import Any
 
 from ainative.platform.base import ProcessGone, ProcessInfo, TaskId
 
-DEFAULTS: dict[str, Any] = {"nice": 0, "policy": [0, 0], "ioprio": [0, 4],
+DEFAULTS: dict[str, Any] = {"nice": 0, "policy": [0, 0], "ioprio": [0, 4], "slice": 0,
                             "affinity": [0, 1]}
 ROOT_CG = {"cpu": "/"}
 
@@ -62,6 +62,8 @@ class FakeBackend:
         self.writes: list[tuple[int, str, Any]] = []
         self.deny: set[tuple[int, str]] = set()  # (tid, knob) whose writes are refused
         self.pidfd = True
+        self.peers: dict[int, set[int]] = {}  # server pid -> its local clients' pids
+        self.missing: dict[str, str] = {}  # knob -> why, as missing_knobs() reports
 
     # --- test helpers: make the world ---
 
@@ -215,6 +217,12 @@ class FakeBackend:
 
     def rt_throttled(self) -> bool:
         return True
+
+    def local_peers(self, servers: set[int], candidates: set[int]) -> set[int]:
+        return {c for s in servers for c in self.peers.get(s, set())} & candidates
+
+    def missing_knobs(self) -> dict[str, str]:
+        return dict(self.missing)
 
     def pin(self, ident: TaskId) -> int | None:
         if not self.pidfd:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ainative.core.knobs import PRIORITY_CLASSES, THREAD_PRIORITIES, THREAD_PRIORITY_NAMES
+from ainative.core.knobs import (
+    PRIORITY_CLASSES,
+    SLICE_MAX_NS,
+    SLICE_MIN_NS,
+    THREAD_PRIORITIES,
+    THREAD_PRIORITY_NAMES,
+    show_slice,
+)
 from ainative.platform.base import (
     IOPRIO_CLASS_BY_NAME,
     POLICY_BY_NAME,
@@ -13,7 +20,7 @@ from ainative.platform.base import (
     SCHED_FIFO,
     SCHED_RR,
 )
-from ainative.units import format_cpus, parse_cpus, parse_size
+from ainative.units import UnitError, format_cpus, parse_cpus, parse_duration, parse_size
 
 
 class ConfigError(ValueError):
@@ -38,6 +45,9 @@ class ClassPolicy:
     policy: int | None = None  # SCHED_* number
     rt_priority: int = 0
     ioprio: tuple[int, int] | None = None  # (class, level)
+    # EEVDF's slice for its threads in ns (Linux 6.12+): a short one lets a waking thread
+    # preempt one that a longer slice protects, with no more CPU share (core/knobs.py).
+    slice_ns: int | None = None
     affinity: frozenset[int] | None = None
     cgroup: bool = False  # put the process in ainative's group for this class
     cpu_weight: int | None = None  # v2 scale 1..10000; v1 shares are derived
@@ -81,6 +91,8 @@ class ClassPolicy:
                 out["rt_priority"] = self.rt_priority
         if self.ioprio is not None:
             out["ioprio"] = format_ioprio(self.ioprio)
+        if self.slice_ns is not None:
+            out["slice"] = show_slice(self.slice_ns)
         if self.affinity is not None:
             out["affinity"] = format_cpus(self.affinity)
         if self.cgroup:
@@ -107,6 +119,21 @@ class ClassPolicy:
         return out
 
 
+def parse_slice(val: Any) -> int:
+    """'0.1ms' -> 100000 ns, or "default" -> 0; the kernel's range 0.1-100 ms."""
+    if val == "default":
+        return 0
+    if not isinstance(val, str):
+        raise ValueError(f"slice must be a duration like \"0.1ms\" or \"default\", not {val!r}")
+    try:
+        ns = round(parse_duration(val, "slice") * 1e9)
+    except UnitError as e:
+        raise ValueError(f"slice: {e.reason}") from None
+    if not SLICE_MIN_NS <= ns <= SLICE_MAX_NS:
+        raise ValueError(f"slice must be 0.1ms..100ms (the kernel's range), not {val!r}")
+    return ns
+
+
 def format_ioprio(v: tuple[int, int]) -> str:
     names = {n: k for k, n in IOPRIO_CLASS_BY_NAME.items()}
     return f"{names.get(v[0], v[0])}:{v[1]}"
@@ -126,13 +153,14 @@ def parse_ioprio(text: str) -> tuple[int, int]:
 
 
 _CLASS_KEYS = {
-    "description", "nice", "policy", "rt_priority", "ioprio", "affinity", "cgroup",
+    "description", "nice", "policy", "rt_priority", "ioprio", "slice", "affinity", "cgroup",
     "cpu_weight", "cpu_idle", "cpuset", "memory_low", "serving", "only_while_serving_active",
     "only_while_inference_active", "rank", "guard_realtime", "priority_class",
     "thread_priority",
 }
 # Keys read under an older name: the old spelling keeps working in existing rule files.
-_CLASS_KEY_ALIASES = {"only_while_inference_active": "only_while_serving_active"}
+_CLASS_KEY_ALIASES = {"only_while_inference_active": "only_while_serving_active",
+                      "slice": "slice_ns"}
 
 
 def _int_in(val: Any, lo: int, hi: int) -> bool:
@@ -157,6 +185,8 @@ def _class_value(key: str, val: Any) -> Any:
         if not isinstance(val, str):
             raise ValueError(f"ioprio must be text like \"be:4\" or \"idle\", not {val!r}")
         return parse_ioprio(val)
+    if key == "slice":
+        return parse_slice(val)
     if key in ("affinity", "cpuset"):
         if isinstance(val, bool) or not isinstance(val, str | int):
             raise ValueError(f"{key} must be a CPU list like \"0-3,6\", not {val!r}")

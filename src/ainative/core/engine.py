@@ -50,6 +50,8 @@ def thread_targets(cls: ClassPolicy) -> dict[str, Any]:
         t["policy"] = [cls.policy, cls.rt_priority if cls.is_realtime else 0]
     if cls.ioprio is not None:
         t["ioprio"] = list(cls.ioprio)
+    if cls.slice_ns is not None:
+        t["slice"] = cls.slice_ns
     if cls.affinity is not None:
         t["affinity"] = sorted(cls.affinity)
     if cls.priority_class is not None:
@@ -178,6 +180,9 @@ class Engine:
         # A class may name Linux and Windows knobs; this backend sets only its own.
         mine = knobs_for(self.backend.name)
         m.targets = {k: v for k, v in thread_targets(cls).items() if k in mine}
+        for knob, why in self.backend.missing_knobs().items():
+            if m.targets.pop(knob, None) is not None:
+                m.errors[knob] = why
         if inherited is not None and inherited.active:
             m.baseline = dict(inherited.baseline)
         if cls.cgroup and self.cgroups_enabled and "cgroup" in mine:

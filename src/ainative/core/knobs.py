@@ -3,7 +3,8 @@ values compare, and what a valid value is.
 
 Values are plain JSON so the journal can store them:
   nice -> int, policy -> [policy, rt_priority], ioprio -> [class, level],
-  affinity -> sorted list of CPUs, cgroup -> {hierarchy: path} (process-wide);
+  affinity -> sorted list of CPUs, slice -> ns (0: the kernel's default),
+  cgroup -> {hierarchy: path} (process-wide);
   on Windows priority_class -> name ("high"), thread_priority -> THREAD_PRIORITY_* int.
 
 The validators matter because the journal is read back after a crash and its values are
@@ -91,6 +92,23 @@ def _valid_cgroup(v: Any) -> dict[str, str]:
     return out
 
 
+# The kernel clamps a custom EEVDF slice to 0.1-100 ms (kernel/sched/syscalls.c).
+SLICE_MIN_NS = 100_000
+SLICE_MAX_NS = 100_000_000
+
+
+def _valid_slice(v: Any) -> int:
+    ns = _int(v, "slice (ns)", 0, SLICE_MAX_NS)
+    if 0 < ns < SLICE_MIN_NS:
+        raise ValueError(f"slice must be 0 (the kernel's default) or {SLICE_MIN_NS}.."
+                         f"{SLICE_MAX_NS} ns, not {ns}")
+    return ns
+
+
+def show_slice(v: Any) -> str:
+    return "default" if not v else f"{int(v) / 1e6:g}ms"
+
+
 def _show_policy(v: Any) -> str:
     name = POLICY_NAMES.get(int(v[0]), str(v[0]))
     return f"{name}:{v[1]}" if v[1] else name
@@ -146,6 +164,7 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          realtime=lambda v: int(v[0]) in (SCHED_FIFO, SCHED_RR)),
     Knob("ioprio", "thread", _valid_ioprio, _show_ioprio,
          realtime=lambda v: int(v[0]) == IOPRIO_CLASS_RT),
+    Knob("slice", "thread", _valid_slice, show_slice),
     Knob("affinity", "thread", _valid_affinity, lambda v: format_cpus(frozenset(v)),
          platforms=frozenset({"linux", "windows"})),
     Knob("cgroup", "process", _valid_cgroup, _show_cgroup),

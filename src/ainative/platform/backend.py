@@ -4,7 +4,7 @@ platform module directly; it is handed an object with these methods (through
 
 Knob values are plain JSON values so the journal can store them:
   nice -> int, policy -> [policy, rt_priority], ioprio -> [class, level],
-  affinity -> sorted list of CPUs, cgroup -> {hierarchy: path} (process-wide).
+  affinity -> sorted list of CPUs, slice -> ns, cgroup -> {hierarchy: path} (process-wide).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ainative.platform.base import ProcessInfo, TaskId
 
-THREAD_KNOBS = ("nice", "policy", "ioprio", "affinity")
+THREAD_KNOBS = ("nice", "policy", "ioprio", "slice", "affinity")
 PROCESS_KNOBS = ("cgroup",)
 
 
@@ -102,4 +102,14 @@ class Backend(Protocol):
 
     def rt_throttled(self) -> bool:
         """True when the kernel throttles realtime tasks (so FIFO/RR cannot starve it)."""
+        ...
+
+    def local_peers(self, servers: set[int], candidates: set[int]) -> set[int]:
+        """Those of ``candidates`` connected to a socket of one of ``servers`` (pids)
+        over a Unix socket or loopback TCP: a serving process's local clients."""
+        ...
+
+    def missing_knobs(self) -> dict[str, str]:
+        """Knobs of this platform that this machine lacks, each with why (a kernel too
+        old for custom slices); the engine leaves them out and shows why."""
         ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import resource
+import sys
 import threading
 import time
 from typing import Any
@@ -152,10 +153,19 @@ def sched_state() -> dict[str, Any]:
     except OSError:
         pass
     policy = os.sched_getscheduler(0)
-    return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
-            "policy": _POLICIES.get(policy, str(policy)),
-            "rt_priority": os.sched_getparam(0).sched_priority,
-            "cpu_cgroup": cpu_cgroup}
+    out: dict[str, Any] = {"nice": os.getpriority(os.PRIO_PROCESS, 0),
+                           "policy": _POLICIES.get(policy, str(policy)),
+                           "rt_priority": os.sched_getparam(0).sched_priority,
+                           "cpu_cgroup": cpu_cgroup}
+    if sys.platform == "linux":
+        from ainative.core.knobs import show_slice
+        from ainative.platform.linux.knobs import get_slice
+
+        try:
+            out["slice"] = show_slice(get_slice(0))
+        except OSError:
+            pass
+    return out
 
 
 def gpu_snapshot() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ainative import log
 from ainative.platform.base import ProcessGone, ProcessInfo, TaskId
-from ainative.platform.linux import knobs, procfs
+from ainative.platform.linux import knobs, peers, procfs
 from ainative.platform.linux.cgroups import CgroupManager, CgroupSettings, group_path
 
 # pidfd_open's flag for a thread that is not a thread-group leader (Linux 6.9; = O_EXCL).
@@ -158,6 +158,7 @@ class LinuxBackend:
                        lambda t, v: knobs.set_policy(t, int(v[0]), int(v[1]))),
             "ioprio": (lambda t: list(knobs.get_ioprio(t)),
                        lambda t, v: knobs.set_ioprio(t, int(v[0]), int(v[1]))),
+            "slice": (knobs.get_slice, lambda t, v: knobs.set_slice(t, int(v))),
             "affinity": (lambda t: sorted(knobs.get_affinity(t)),
                          lambda t, v: knobs.set_affinity(t, frozenset(int(c) for c in v))),
             "cgroup": (lambda t: self.cgroups.current(t), self._cgroup_set),
@@ -215,6 +216,18 @@ class LinuxBackend:
         for path, why in failed.items():
             log.warn("cgroup_not_removed", path=path, reason=why)
         return failed
+
+    def local_peers(self, servers: set[int], candidates: set[int]) -> set[int]:
+        return peers.local_peers(servers, candidates)
+
+    def missing_knobs(self) -> dict[str, str]:
+        try:
+            if knobs.default_slice_ns():
+                return {}
+            why = "this kernel has no custom EEVDF slices (Linux 6.12+)"
+        except OSError as e:
+            why = f"sched_getattr failed: {e}"
+        return {"slice": why}
 
     def rt_throttled(self) -> bool:
         try:

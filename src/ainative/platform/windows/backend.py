@@ -183,6 +183,14 @@ class WindowsBackend:
     def cleanup(self) -> dict[str, str]:
         return {}
 
+    def local_peers(self, servers: set[int], candidates: set[int]) -> set[int]:
+        # The closed loop's fence and weight are Linux mechanisms; on Windows nothing
+        # is demoted by it, so no client needs sparing.
+        return set()
+
+    def missing_knobs(self) -> dict[str, str]:
+        return {}  # knobs_for already leaves out the Linux knobs
+
     def rt_throttled(self) -> bool:
         # Nothing throttles a REALTIME-class thread on Windows. (The engine asks only
         # about Linux realtime policies, which this backend does not set.)
