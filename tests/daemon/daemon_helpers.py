@@ -52,6 +52,16 @@ def ioprio_of(tid: int) -> tuple[int, int]:
     return v >> 13, v & 0x7
 
 
+def slice_of(pid: int, tid: int) -> int | None:
+    """The thread's EEVDF slice in ns as the kernel's own account prints it (se.slice in
+    /proc/PID/task/TID/sched), None where it prints none (kernels before 6.6)."""
+    with open(f"/proc/{pid}/task/{tid}/sched") as fh:
+        for line in fh:
+            if line.startswith("se.slice"):
+                return int(line.split(":", 1)[1].strip().split(".")[0])
+    return None
+
+
 def affinity_of(pid: int, tid: int) -> str:
     with open(f"/proc/{pid}/task/{tid}/status") as fh:
         for line in fh:
@@ -74,7 +84,7 @@ def snapshot(pid: int) -> dict[int, tuple[Any, ...]]:
     snap: dict[int, tuple[Any, ...]] = {}
     for tid in thread_ids(pid):
         snap[tid] = (nice_of(pid, tid), policy_of(pid, tid), ioprio_of(tid),
-                     affinity_of(pid, tid))
+                     affinity_of(pid, tid), slice_of(pid, tid))
     snap[-1] = tuple(sorted(cgroups_of(pid).items()))
     return snap
 

@@ -24,11 +24,13 @@ from daemon_helpers import (
     needs_root,
     nice_of,
     policy_of,
+    slice_of,
     snapshot,
     thread_ids,
 )
 
 from ainative.ipc.client import Client, DaemonError
+from ainative.platform.linux.knobs import default_slice_ns
 
 pytestmark = needs_root
 
@@ -152,6 +154,9 @@ def test_kill9_then_restart_undoes_everything(
     before = snapshot(child.pid)
     d = start_daemon(rules_text='[[rule]]\ncmdline = "kill9-target"\nclass = "inference"\n')
     d.wait_task(child.pid, cls="inference")
+    if default_slice_ns():  # the built-in inference class asks for EEVDF's shortest slice
+        assert wait_until(lambda: all(slice_of(child.pid, t) == 100_000
+                                      for t in thread_ids(child.pid)), 3.0)
     d.stop(signal.SIGKILL)
     assert snapshot(child.pid) != before, "kill -9 must leave the changes in place"
     # Restart in the same scope without the rule, so the recovery is all that touches

@@ -27,6 +27,7 @@ from daemon_helpers import (
     needs_root,
     nice_of,
     policy_of,
+    serving_socket,
     snapshot,
 )
 from test_serving import requests, wait_for
@@ -35,6 +36,11 @@ pytestmark = needs_root
 
 SCHED_IDLE = 5
 LOOP = "import sys\nprint('ready', flush=True)\nwhile True: pass"
+# A busy loop that is also a local client of the server (connected to its Unix socket):
+# as busy as a hog, but on the serving path, so the loop must leave it alone.
+BUSY_CLIENT = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+               "s.connect(bytes.fromhex(sys.argv[1]))\n"
+               "print('ready', flush=True)\nwhile True: pass")
 RULES = """
 [settings]
 idle_after = "2s"
@@ -89,12 +95,21 @@ def test_unknown_busy_loops_are_fenced_while_serving_waits_and_released_when_idl
     srv = children.python(SERVING_CHILD, "listen", "idle")
     hogs = _loops(children)
     before = {h: snapshot(h) for h in hogs}
+    n_threads = len(snapshot(srv.pid))
+    client = children.python(BUSY_CLIENT, serving_socket(srv.pid).encode().hex()).pid
+    # The server's thread for that connection is there before its values are taken.
+    assert wait_for(lambda: len(snapshot(srv.pid)) > n_threads, 5) is not None
     srv_before = snapshot(srv.pid)
+    client_before = snapshot(client)
     d = start_daemon(rules_text=RULES, always_on=False)
     with requests(srv.pid, rate=300):
         _climb(d, srv.pid, hogs)
         # Every thread of the server is left as its class sets it, nothing from the loop.
         assert all(nice_of(srv.pid, t) == 0 for t in snapshot(srv.pid) if t > 0)
+        time.sleep(1.0)  # more scans: the busy client is seen, and still left alone
+        assert snapshot(client) == client_before, "a local client of the server demoted"
+        held = {c["pid"] for c in d.client.status()["guard"]["contenders"]}
+        assert client not in held
     # No requests: the server goes idle after idle_after, the loop to step 0, all undone.
     took = wait_for(lambda: all(snapshot(h) == before[h] for h in hogs), 10, step=0.1)
     assert took is not None, f"not released: {d.client.status()['guard']}"

@@ -125,3 +125,78 @@ def test_unprivileged_caller_gets_permission_error(child: subprocess.Popen[str])
                          text=True, check=True)
     assert out.stdout.split() == ["EPERM", "EPERM"]
     assert knobs.get_nice(child.pid) == 0
+
+
+def _proc_slice(pid: int, tid: int) -> int | None:
+    """The slice as /proc/PID/task/TID/sched prints it (se.slice, ns), when it does."""
+    with open(f"/proc/{pid}/task/{tid}/sched") as fh:
+        for line in fh:
+            if line.startswith("se.slice"):
+                return int(line.split(":")[1].strip().split(".")[0])
+    return None
+
+
+needs_slices = pytest.mark.skipif(
+    not knobs.default_slice_ns(), reason="this kernel has no custom EEVDF slices "
+    "(sched_getattr reports none; Linux 6.12+)")
+
+
+@needs_slices
+def test_slice_is_per_thread_and_zero_puts_back_the_default(
+        child: subprocess.Popen[str]) -> None:
+    main, *others = tids(child.pid)
+    base = knobs.default_slice_ns()
+    assert knobs.get_slice(others[0]) == 0
+    knobs.set_slice(others[0], 100_000)
+    assert knobs.get_slice(others[0]) == 100_000
+    assert knobs.get_slice(main) == 0  # the other threads keep theirs
+    if _proc_slice(child.pid, others[0]) is not None:  # the kernel's own account
+        assert _proc_slice(child.pid, others[0]) == 100_000
+    knobs.set_slice(others[0], 0)
+    assert knobs.get_slice(others[0]) == 0
+    if _proc_slice(child.pid, others[0]) is not None:
+        assert _proc_slice(child.pid, others[0]) == base
+
+
+@needs_slices
+def test_a_slice_keeps_the_threads_nice_and_policy(child: subprocess.Popen[str]) -> None:
+    knobs.set_nice(child.pid, 5)
+    knobs.set_policy(child.pid, SCHED_BATCH)
+    knobs.set_slice(child.pid, 250_000)
+    assert knobs.get_nice(child.pid) == 5
+    assert knobs.get_policy(child.pid) == (SCHED_BATCH, 0)
+    assert knobs.get_slice(child.pid) == 250_000
+
+
+@needs_slices
+@pytest.mark.skipif(not ROOT, reason="a realtime policy needs root")
+def test_a_realtime_thread_has_no_slice_to_set(child: subprocess.Popen[str]) -> None:
+    knobs.set_slice(child.pid, 200_000)
+    knobs.set_policy(child.pid, SCHED_FIFO, 1)
+    try:
+        # sched_getattr hides it under FIFO, but the thread keeps it for when it is fair
+        assert knobs.get_slice(child.pid) == 200_000
+        with pytest.raises(OSError, match="realtime policy"):
+            knobs.set_slice(child.pid, 100_000)
+        assert knobs.get_policy(child.pid) == (SCHED_FIFO, 1)  # not turned back to other
+    finally:
+        knobs.set_policy(child.pid, SCHED_OTHER)
+    assert knobs.get_slice(child.pid) == 200_000
+
+
+@needs_slices
+def test_threads_and_children_inherit_a_slice() -> None:
+    code = ("import os, threading, sys\n"
+            "from ainative.platform.linux import knobs\n"
+            "knobs.set_slice(0, 100_000)\n"
+            "got = []\n"
+            "t = threading.Thread(target=lambda: got.append(knobs.get_slice(0))); t.start(); "
+            "t.join()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os._exit(0 if knobs.get_slice(0) == 100_000 else 1)\n"
+            "_, st = os.waitpid(pid, 0)\n"
+            "print(got[0], os.waitstatus_to_exitcode(st))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["100000", "0"]

@@ -551,7 +551,10 @@ class Engine:
         rep = UndoReport()
         closes: dict[str, list[int]] = {"undone": [], "gone": [], "skipped": [], "failed": []}
         pins = pins if pins is not None else {m.ident: m.pin for m in self.managed.values()}
-        for c in sorted(changes, key=lambda c: -c.seq):
+        # Newest first, except slices last: a slice can only be written to a fair-policy
+        # thread, and a thread that appeared after a realtime step has its slice change
+        # journaled after that step's (so it would come first, and fail, under FIFO).
+        for c in sorted(changes, key=lambda c: (c.knob == "slice", -c.seq)):
             tid = c.task.pid
             try:
                 pin = pins.get(c.proc)

@@ -72,10 +72,18 @@ def get_policy(tid: int) -> tuple[int, int]:
 
 def set_policy(tid: int, policy: int, rt_priority: int = 0) -> None:
     """SCHED_RESET_ON_FORK is set for FIFO/RR so children of a realtime task do not inherit it."""
-    flags = _SCHED_RESET_ON_FORK if policy in (SCHED_FIFO, SCHED_RR) else 0
-    prio = rt_priority if policy in (SCHED_FIFO, SCHED_RR) else 0
+    realtime = policy in (SCHED_FIFO, SCHED_RR)
+    flags = _SCHED_RESET_ON_FORK if realtime else 0
+    prio = rt_priority if realtime else 0
     param = os.sched_param(prio)
+    if realtime and tid not in _slice_under_rt and len(_slice_under_rt) < 1 << 16:
+        try:
+            _slice_under_rt[tid] = get_slice(tid)
+        except OSError:
+            pass
     _call(tid, lambda: os.sched_setscheduler(tid, policy | flags, param))
+    if not realtime:
+        _slice_under_rt.pop(tid, None)
 
 
 def _ioprio_numbers() -> tuple[int, int]:
@@ -142,6 +150,9 @@ def _get_attr(tid: int) -> _SchedAttr:
 
 
 _default_slice_ns: int | None = None
+# tid -> its slice when set_policy made it realtime (see get_slice). Bounded: one entry
+# per thread ainative made realtime, dropped when it makes it fair again.
+_slice_under_rt: dict[int, int] = {}
 
 
 def default_slice_ns() -> int:
@@ -155,13 +166,16 @@ def default_slice_ns() -> int:
 
 
 def get_slice(tid: int) -> int:
-    """The thread's EEVDF slice in ns, 0 for the kernel's default (and for a realtime
-    thread, which has none). A custom slice equal to the default reads as 0: the kernel
-    does not tell them apart, and both behave the same."""
+    """The thread's EEVDF slice in ns, 0 for the kernel's default. A custom slice equal
+    to the default reads as 0: the kernel does not tell them apart, and both behave the
+    same."""
     attr = _get_attr(tid)
-    if attr.policy not in _FAIR_POLICIES or attr.runtime == default_slice_ns():
-        return 0
-    return int(attr.runtime)
+    if attr.policy not in _FAIR_POLICIES:
+        # The kernel reports no slice for a realtime thread but keeps it for when the
+        # thread is fair again: what it had when set_policy made it realtime, so that a
+        # realtime step does not look like someone resetting the slice.
+        return _slice_under_rt.get(tid, 0)
+    return 0 if attr.runtime == default_slice_ns() else int(attr.runtime)
 
 
 def set_slice(tid: int, ns: int) -> None:
