@@ -26,14 +26,19 @@ BUILTIN = {
 
 # What --compare runs unless --scenarios says otherwise.
 DEFAULT_SCENARIOS = ("alone", "contended", "ainative", "nice", "chrt", "cgroup")
-# ainative-noloop: the daemon without its closed loop, for the loop's before/after in one
-# run (benchmarks/bench_guard_tail.py --ablation).
-SCENARIOS = (*DEFAULT_SCENARIOS, "ainative-noloop")
+# The daemon with one of its defaults taken back, for that default's before/after in one
+# run (benchmarks/bench_guard_tail.py): the rule text it adds to its built-in rules.
+ABLATIONS = {
+    "ainative-noloop": "[guard]\nenabled = false\n",
+    "ainative-noslice": '[classes.inference]\nslice = "default"\n',
+}
+SCENARIOS = (*DEFAULT_SCENARIOS, *ABLATIONS)
 DESCRIPTIONS = {
     "alone": "no contention",
     "contended": "with the hogs, nothing done",
     "ainative": "hogs + ainative daemon (automatic)",
     "ainative-noloop": "hogs + ainative daemon with its closed loop off ([guard] enabled = false)",
+    "ainative-noslice": "hogs + ainative daemon, serving left at the kernel's default slice",
     "nice": "hogs + server and client under nice -n -10",
     "chrt": "hogs + server and client under chrt -f 10",
     "cgroup": "hogs demoted to a cgroup (cpu.shares=2 / cpu.weight=1)",

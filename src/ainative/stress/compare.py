@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from ainative.stress.catalog import SCENARIOS
+from ainative.stress.catalog import ABLATIONS, SCENARIOS
 from ainative.stress.caveats import warnings
 from ainative.stress.config import WorkloadConfig
 from ainative.stress.contention import Scenario
@@ -214,10 +214,9 @@ def run_scenario(name: str, wcfg: WorkloadConfig, contention: list[Scenario], wo
             process_group=0)
     try:
         try:
-            if name in ("ainative", "ainative-noloop"):
+            if name == "ainative" or name in ABLATIONS:
                 # Before anything is spawned, so it sees the hogs and the workload start.
-                daemon = DaemonRun(workdir, leader.pid, rules_text=None if name == "ainative"
-                                   else "[guard]\nenabled = false\n")
+                daemon = DaemonRun(workdir, leader.pid, rules_text=ABLATIONS.get(name))
             _send(leader, "start")
             if daemon is not None:
                 daemon.wait_ready()  # while the leader starts the hogs and the workload
