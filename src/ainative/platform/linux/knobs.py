@@ -18,24 +18,16 @@ from ainative.platform.base import SCHED_FIFO, SCHED_RR, ProcessGone
 
 T = TypeVar("T")
 
-# ioprio_get/ioprio_set have no wrapper in glibc or in Python's os module, so they are
-# called through syscall(2). Numbers per architecture from the kernel's syscall tables.
-_IOPRIO_SYSCALLS = {
-    "x86_64": (251, 252),
-    "aarch64": (30, 31),
-    "arm64": (30, 31),
-    "riscv64": (30, 31),
-    "ppc64le": (273, 274),
-    "s390x": (282, 283),
-}
-# sched_setattr/sched_getattr: glibc has no wrapper either (and Python's os module none).
-_SCHED_ATTR_SYSCALLS = {
-    "x86_64": (314, 315),
-    "aarch64": (274, 275),
-    "arm64": (274, 275),
-    "riscv64": (274, 275),
-    "ppc64le": (355, 356),
-    "s390x": (345, 346),
+# ioprio_set/ioprio_get and sched_setattr/sched_getattr have no wrapper in glibc or in
+# Python's os module, so they are called through syscall(2). Numbers per architecture
+# from the kernel's syscall tables: (ioprio_set, ioprio_get, sched_setattr, sched_getattr).
+_SYSCALLS = {
+    "x86_64": (251, 252, 314, 315),
+    "aarch64": (30, 31, 274, 275),
+    "arm64": (30, 31, 274, 275),
+    "riscv64": (30, 31, 274, 275),
+    "ppc64le": (273, 274, 355, 356),
+    "s390x": (282, 283, 345, 346),
 }
 _IOPRIO_WHO_PROCESS = 1  # "process" here means one thread: the kernel takes a TID
 _IOPRIO_CLASS_SHIFT = 13
@@ -86,12 +78,14 @@ def set_policy(tid: int, policy: int, rt_priority: int = 0) -> None:
         _slice_under_rt.pop(tid, None)
 
 
-def _ioprio_numbers() -> tuple[int, int]:
+def _numbers(which: str) -> tuple[int, int]:
+    """(set, get) syscall numbers of "ioprio" or "sched_attr" on this machine."""
     machine = platform.machine()
     try:
-        return _IOPRIO_SYSCALLS[machine]
+        n = _SYSCALLS[machine]
     except KeyError:
-        raise OSError(errno.ENOSYS, f"ioprio syscalls not known for {machine}") from None
+        raise OSError(errno.ENOSYS, f"{which} syscalls not known for {machine}") from None
+    return (n[0], n[1]) if which == "ioprio" else (n[2], n[3])
 
 
 def _syscall(tid: int, *args: int) -> int:
@@ -108,7 +102,7 @@ def _syscall(tid: int, *args: int) -> int:
 
 def get_ioprio(tid: int) -> tuple[int, int]:
     """(class, level) as ioprio_get(IOPRIO_WHO_PROCESS, tid) returns it."""
-    _set, get = _ioprio_numbers()
+    _set, get = _numbers("ioprio")
     value = _syscall(tid, get, _IOPRIO_WHO_PROCESS, tid)
     return value >> _IOPRIO_CLASS_SHIFT, value & ((1 << _IOPRIO_CLASS_SHIFT) - 1)
 
@@ -116,7 +110,7 @@ def get_ioprio(tid: int) -> tuple[int, int]:
 def set_ioprio(tid: int, io_class: int, level: int) -> None:
     if not 0 <= io_class <= 3 or not 0 <= level <= 7:
         raise ValueError(f"bad ioprio class {io_class} / level {level}")
-    set_, _get = _ioprio_numbers()
+    set_, _get = _numbers("ioprio")
     _syscall(tid, set_, _IOPRIO_WHO_PROCESS, tid, (io_class << _IOPRIO_CLASS_SHIFT) | level)
 
 
@@ -134,16 +128,8 @@ _SCHED_FLAG_RESET_ON_FORK = 0x01
 _FAIR_POLICIES = (0, 3, 5)  # SCHED_OTHER, SCHED_BATCH, SCHED_IDLE: EEVDF's tasks
 
 
-def _sched_attr_numbers() -> tuple[int, int]:
-    machine = platform.machine()
-    try:
-        return _SCHED_ATTR_SYSCALLS[machine]
-    except KeyError:
-        raise OSError(errno.ENOSYS, f"sched_setattr not known for {machine}") from None
-
-
 def _get_attr(tid: int) -> _SchedAttr:
-    _set, get = _sched_attr_numbers()
+    _set, get = _numbers("sched_attr")
     attr = _SchedAttr()
     _syscall(tid, get, tid, ctypes.addressof(attr), ctypes.sizeof(attr), 0)
     return attr
@@ -193,7 +179,7 @@ def set_slice(tid: int, ns: int) -> None:
     new = _SchedAttr(size=ctypes.sizeof(_SchedAttr), policy=attr.policy,
                      flags=attr.flags & _SCHED_FLAG_RESET_ON_FORK, nice=attr.nice,
                      runtime=ns)
-    set_, _get = _sched_attr_numbers()
+    set_, _get = _numbers("sched_attr")
     _syscall(tid, set_, tid, ctypes.addressof(new), 0)
 
 
