@@ -150,6 +150,9 @@ def test_make_validator() -> None:
     assert v(Change(1, p, p, "nice", 0, 5)) is None
     assert v(Change(1, q, q, "nice", 0, 5)) == "outside the daemon's scope (process 200)"
     assert v(Change(1, p, p, "nice", 0, 50)) == "nice must be an integer -20..19, not 50"
+    assert v(Change(1, p, p, "slice", 0, 100_000)) is None
+    assert v(Change(1, p, p, "slice", 100_000, 0)) is None  # back to the kernel's default
+    assert "slice must be 0" in str(v(Change(1, p, p, "slice", 0, 50_000)))
     assert v(Change(1, p, p, "cgroup", {"0": "/"}, {"0": "/ainative.x"})) is None
     assert "not one of ainative's groups" in str(
         v(Change(1, p, p, "cgroup", {"0": "/"}, {"0": "/other.x"})))
@@ -167,7 +170,8 @@ record_like = st.fixed_dictionaries(
      "seq": st.one_of(st.integers(-3, 2**64), st.text(max_size=3), st.none()),
      "proc": st.one_of(json_values, st.fixed_dictionaries(
          {"pid": st.integers(-1, 2**23), "start_time": st.integers(-1, 2**64)})),
-     "knob": st.sampled_from(["nice", "policy", "ioprio", "affinity", "cgroup", "x"]),
+     "knob": st.sampled_from(["nice", "policy", "ioprio", "slice", "affinity", "cgroup",
+                              "x"]),
      "old": json_values, "new": json_values},
     optional={"task": json_values, "reason": st.sampled_from(["gone", "x"])})
 garbage_line = st.one_of(

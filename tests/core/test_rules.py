@@ -45,12 +45,19 @@ def test_builtin_rules_load_and_define_the_four_classes() -> None:
     # Serving raises its I/O priority only: its CPU is protected by demoting the others.
     assert inf.serving and inf.nice is None and inf.cpu_weight is None
     assert inf.ioprio is not None and inf.ioprio[1] == 0
+    assert inf.slice_ns == 100_000  # EEVDF's shortest slice: no share, earlier wakeups
     assert rs.classes["background"].only_while_serving_active
     assert rs.classes["training"].only_while_serving_active
     # batch is fair share: it changes nothing at all
     assert rs.classes["batch"].knobs_summary() == {}
     assert (rs.serving_class, rs.library_class, rs.gpu_process_class) == (
         "inference", "batch", "batch")
+
+
+def test_slice_default_turns_the_builtin_slice_off(tmp_path: Path) -> None:
+    p = write(tmp_path, "s.toml", '[classes.inference]\nslice = "default"\n')
+    inf = load_rules([p], rules_dir=None).classes["inference"]
+    assert inf.slice_ns == 0 and inf.serving and inf.ioprio is not None
 
 
 def test_the_old_name_of_only_while_serving_active_still_works(tmp_path: Path) -> None:
@@ -210,6 +217,9 @@ def test_rules_dir_is_read_in_sorted_order(tmp_path: Path) -> None:
     ('[classes.x]\naffinity = "0-99999999"\n', 2, "CPU numbers go up to 8191"),
     ('[classes.x]\nrank = "first"\n', 2, "rank must be an integer"),
     ('[classes.x]\nioprio = 3\n', 2, "ioprio must be text"),
+    ('[classes.x]\nslice = "0.01ms"\n', 2, "slice must be 0.1ms..100ms"),
+    ('[classes.x]\nslice = 1\n', 2, "slice must be a duration"),
+    ('[classes.x]\nslice = "fast"\n', 2, "slice: "),
     ('[classes.x]\nspeed = 3\n', 2, "unknown key(s) ['speed']"),
     ('[classes]\nx = { nice = -40 }\n', 2, "nice must be"),  # inline: the class's line
     ('# a comment\n[classes.x]\nnice = 1\n[classes.y]\nnice = 99\n', 5, "class 'y'"),

@@ -400,3 +400,21 @@ def test_a_fork_child_classified_batch_gets_what_it_inherited_back(
     m = sup.managed_by_pid(child.pid)
     assert m is not None and m.cls == "batch"
     assert fb.value(child.pid, "nice") == 0 and fb.value(child.pid, "cgroup") == ROOT_CG
+
+
+def test_the_slice_is_set_on_every_thread_and_undone_and_left_out_where_missing(
+        tmp_path: Path, fb: FakeBackend) -> None:
+    p = server(fb, threads=2)
+    sup = serving(tmp_path, fb, p, '[classes.inference]\nslice = "0.1ms"\n')
+    assert all(fb.value(p.pid, "slice", t) == 100_000 for t in p.threads)
+    sup.stop()
+    assert all(fb.value(p.pid, "slice", t) == 0 for t in p.threads)
+    # A kernel without custom slices: the knob is left out, the reason kept for explain.
+    fb2 = FakeBackend()
+    fb2.missing = {"slice": "this kernel has no custom EEVDF slices (Linux 6.12+)"}
+    q = server(fb2)
+    sup2 = serving(tmp_path / "2", fb2, q, '[classes.inference]\nslice = "0.1ms"\n')
+    m = sup2.managed_by_pid(q.pid)
+    assert m is not None and "slice" not in m.targets and "Linux 6.12" in m.errors["slice"]
+    assert fb2.value(q.pid, "slice") == 0
+    assert fb2.value(q.pid, "nice") == -10  # the rest of the class still applies
