@@ -10,41 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from winhelp import ORT_CHILD, Child
+from winhelp import ORT_CHILD, WINSERVE_RULES, Child, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "win32", reason="needs a Windows Python")
-
-RULES = """
-[classes.winserve]
-priority_class = "high"
-thread_priority = "highest"
-[[rule]]
-name = "the test's child"
-cmdline = "{marker}"
-class = "winserve"
-"""
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (OSError, EOFError) as e:  # the pipe is not there yet
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
-
 
 def test_console_daemon_applies_answers_on_its_pipe_and_recovers_after_a_crash(
         tmp_path: Path) -> None:
@@ -55,7 +28,7 @@ def test_console_daemon_applies_answers_on_its_pipe_and_recovers_after_a_crash(
     child = Child(tmp_path, ORT_CHILD)
     assert child.line() == "ready"
     rules = tmp_path / "win.toml"
-    rules.write_text(RULES.format(marker=child.marker))
+    rules.write_text(WINSERVE_RULES.format(marker=child.marker))
     pipe = rf"\\.\pipe\ainative-test-{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "ainative.platform.windows.daemon", "--rules", str(rules),
            "--state-dir", str(tmp_path / "state"), "--pipe", pipe,
@@ -73,7 +46,7 @@ def test_console_daemon_applies_answers_on_its_pipe_and_recovers_after_a_crash(
 
     try:
         d1 = start()
-        got = _wait("the daemon manages the child", managed)
+        got = wait_for("the daemon manages the child", managed)
         assert got[0]["cls"] == "winserve" and not got[0]["errors"], got
         assert backend.get_knob(child.pid, "priority_class") == "high"
         assert backend.get_knob(child.pid, "thread_priority") == 2
@@ -83,7 +56,7 @@ def test_console_daemon_applies_answers_on_its_pipe_and_recovers_after_a_crash(
         assert backend.get_knob(child.pid, "priority_class") == "normal"
         assert request({"op": "status"}, pipe)["paused"] is True
         assert request({"op": "resume"}, pipe)["ok"]
-        _wait("re-applied after resume",
+        wait_for("re-applied after resume",
               lambda: backend.get_knob(child.pid, "priority_class") == "high")
         # A crash: TerminateProcess, nothing undone.
         d1.kill()
@@ -93,7 +66,7 @@ def test_console_daemon_applies_answers_on_its_pipe_and_recovers_after_a_crash(
         assert d2.stdout is not None
         first = d2.stdout.readline()
         assert "undid" in first and "previous run" in first, first
-        _wait("the second daemon manages the child", managed)
+        wait_for("the second daemon manages the child", managed)
         rep = request({"op": "restore"}, pipe)
         assert rep["ok"], rep
         assert backend.get_knob(child.pid, "priority_class") == "normal"

@@ -11,41 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from winhelp import ORT_CHILD, Child
+from winhelp import ORT_CHILD, WINSERVE_RULES, Child, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "win32", reason="needs a Windows Python")
-
-RULES = """
-[classes.winserve]
-priority_class = "high"
-thread_priority = "highest"
-[[rule]]
-name = "the test's child"
-cmdline = "{marker}"
-class = "winserve"
-"""
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (OSError, EOFError) as e:
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
-
 
 def _under_wine() -> bool:
     import ctypes
@@ -75,7 +48,7 @@ def test_the_service_starts_manages_answers_and_undoes_everything_on_stop(
     try:
         assert child.line() == "ready"
         rules = short / "win.toml"
-        rules.write_text(RULES.format(marker=child.marker))
+        rules.write_text(WINSERVE_RULES.format(marker=child.marker))
         installed = service.main(["install", "--name", name, "--start", "demand", "--rules",
                                   str(rules), "--state-dir", str(state), "--pipe", pipe,
                                   "--scope-descendants", str(os.getpid()), "--no-etw"])
@@ -100,7 +73,7 @@ def test_the_service_starts_manages_answers_and_undoes_everything_on_stop(
             rep = request({"op": "status"}, pipe)
             return [m for m in rep["managed"] if m["pid"] == child.pid and m["active"]]
 
-        got = _wait("the service manages the child", managed)
+        got = wait_for("the service manages the child", managed, timeout=60.0)
         assert got[0]["cls"] == "winserve" and not got[0]["errors"], got
         assert backend.get_knob(child.pid, "priority_class") == "high"
         assert backend.get_knob(child.pid, "thread_priority") == 2

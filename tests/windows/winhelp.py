@@ -13,12 +13,41 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 # A serving model process: onnxruntime's own example model (shipped in the wheel), run
 # in a loop on a worker thread so the process has threads and uses CPU, until stdin
 # closes. Prints "ready" once the model has answered.
+# A class the tests' child is put in by its marker: priorities only Windows has.
+WINSERVE_RULES = """
+[classes.winserve]
+priority_class = "high"
+thread_priority = "highest"
+[[rule]]
+name = "the test's child"
+cmdline = "{marker}"
+class = "winserve"
+"""
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """check()'s first true value within timeout; an OSError or EOFError (a pipe not
+    there yet) is a 'not yet'. AssertionError naming what and the last answer otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, EOFError) as e:
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
 ORT_CHILD = r'''
 import sys, threading, time
 import numpy as np

@@ -155,13 +155,7 @@ class OpenLoop:
                     self.dropped += 1
                 continue
             start = self.clock()
-            try:
-                self.request()
-            except Exception as e:  # a failing model must show up in the result
-                with self._lock:
-                    self.errors += 1
-                    if self.first_error is None:
-                        self.first_error = f"{type(e).__name__}: {e}"
+            if not self._attempt():
                 continue
             done = self.clock()
             us = max(1, int((done - due) * 1e6))
@@ -172,6 +166,19 @@ class OpenLoop:
                 if cfg.deadline_s is not None and done - due > cfg.deadline_s:
                     self.missed += 1
                 self._record(us)
+
+    def _attempt(self) -> bool:
+        """One request; False (counted, the first error kept) when it failed: a failing
+        model must show up in the result, not end the run."""
+        try:
+            self.request()
+        except Exception as e:
+            with self._lock:
+                self.errors += 1
+                if self.first_error is None:
+                    self.first_error = f"{type(e).__name__}: {e}"
+            return False
+        return True
 
     def _record(self, us: int) -> None:
         """One answered request's latency (the caller holds the lock)."""

@@ -40,13 +40,7 @@ class ClosedLoop(OpenLoop):
             if start >= end:
                 return
             self._claim()
-            try:
-                self.request()
-            except Exception as e:  # a failing model must show up in the result
-                with self._lock:
-                    self.errors += 1
-                    if self.first_error is None:
-                        self.first_error = f"{type(e).__name__}: {e}"
+            if not self._attempt():
                 continue
             done = self.clock()
             if done > end:
