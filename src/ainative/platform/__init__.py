@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ainative.platform.backend import Backend
 from ainative.platform.base import EventSource, Mechanism, MechanismUnavailable
 
-__all__ = ["Platform", "get_platform", "pid_alive"]
+__all__ = ["Platform", "ask_own_slice", "get_platform", "own_slice_ns", "pid_alive"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,35 @@ def get_platform(*, cgroup_root: str = "ainative", poll_interval: float = 0.5,
 
         return windows_platform(poll_interval=poll_interval)
     raise MechanismUnavailable(f"ainative has no backend for {sys.platform} yet")
+
+
+def own_slice_ns() -> int | None:
+    """This thread's EEVDF slice in ns (0: the kernel's default); None where there is no
+    such thing (not Linux, a kernel before 6.12) or it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from ainative.platform.linux import knobs
+
+    try:
+        return knobs.get_slice(0) if knobs.default_slice_ns() else None
+    except OSError:
+        return None
+
+
+def ask_own_slice(ns: int) -> bool:
+    """Ask the kernel for an EEVDF slice of ns for this thread (threads and children
+    started after inherit it); any user may. False where it cannot be had: not Linux,
+    a kernel before 6.12, a realtime policy."""
+    if not sys.platform.startswith("linux"):
+        return False
+    from ainative.platform.base import ProcessGone
+    from ainative.platform.linux import knobs
+
+    try:
+        knobs.set_slice(0, ns)
+    except (OSError, ProcessGone):
+        return False
+    return True
 
 
 def pid_alive(pid: int) -> bool:

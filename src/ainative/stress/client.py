@@ -142,16 +142,10 @@ def ask_short_slice() -> None:
     own threads), so a send that is due preempts a CPU hog instead of waiting out the
     hog's slice (1.4 ms here). It gets no more CPU share for it, and it is the same client
     in every scenario of a comparison. Under chrt (a realtime policy) there is no slice."""
-    if sys.platform != "linux":
-        return
     from ainative.core.knobs import SLICE_MIN_NS
-    from ainative.platform.base import ProcessGone
-    from ainative.platform.linux.knobs import set_slice
+    from ainative.platform import ask_own_slice
 
-    try:
-        set_slice(0, SLICE_MIN_NS)
-    except (OSError, ProcessGone):
-        pass  # an older kernel, or a realtime policy: nothing to ask for
+    ask_own_slice(SLICE_MIN_NS)
 
 
 def _interrupt_once(signum: int, frame: FrameType | None) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import resource
-import sys
 import threading
 import time
 from typing import Any
@@ -157,14 +156,12 @@ def sched_state() -> dict[str, Any]:
                            "policy": _POLICIES.get(policy, str(policy)),
                            "rt_priority": os.sched_getparam(0).sched_priority,
                            "cpu_cgroup": cpu_cgroup}
-    if sys.platform == "linux":
-        from ainative.core.knobs import show_slice
-        from ainative.platform.linux.knobs import get_slice
+    from ainative.core.knobs import show_slice
+    from ainative.platform import own_slice_ns
 
-        try:
-            out["slice"] = show_slice(get_slice(0))
-        except OSError:
-            pass
+    ns = own_slice_ns()
+    if ns is not None:
+        out["slice"] = show_slice(ns)
     return out
 
 
