@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ainative.core.classes import format_ioprio
+from ainative.core.knobs import describe
 from ainative.ipc.client import Client, DaemonError
 from ainative.ipc.launcher import LaunchError, ScopedDaemon
 from ainative.platform.backend import Backend
@@ -26,15 +27,19 @@ RATE = 200.0
 
 
 def _priorities(backend: Backend, pid: int) -> dict[int, str]:
-    """Each thread's CPU and I/O priority as ainative's backend reads them: the inference
-    class raises the I/O priority; background work is what it demotes for the CPU."""
+    """Each thread's CPU and I/O priority and its EEVDF slice as ainative's backend reads
+    them: the inference class raises the I/O priority and shortens the slice; background
+    work is what it demotes for the CPU."""
     out: dict[int, str] = {}
     for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
         try:
             nice, io = backend.get_knob(tid, "nice"), backend.get_knob(tid, "ioprio")
+            line = f"nice {nice}, io {format_ioprio(io)}"
+            if "slice" not in backend.missing_knobs():
+                line += f", slice {describe('slice', backend.get_knob(tid, 'slice'))}"
         except OSError:  # a thread that ended meanwhile
             continue
-        out[tid] = f"nice {nice}, io {format_ioprio(io)}"
+        out[tid] = line
     return out
 
 
