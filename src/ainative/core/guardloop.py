@@ -290,9 +290,10 @@ class GuardLoop:
             r = self._rates.get(pid)
             if r is None or r.ident in serving:
                 continue
-            if self._exclusion(r.ident) is not None:
-                if r.ident in self.imposer.imposed:
-                    self.imposer.release(r.ident, str(self._exclusion(r.ident)))
+            excluded = self._exclusion(r.ident)
+            if excluded is not None:
+                if r.ident in self.imposer.imposed:  # found to be a client since
+                    self.imposer.release(r.ident, excluded)
                 continue
             try:
                 name = self.backend.process_name(pid)

@@ -2,9 +2,8 @@
 platform module directly; it is handed an object with these methods (through
 ``ainative.platform.get_platform()``).
 
-Knob values are plain JSON values so the journal can store them:
-  nice -> int, policy -> [policy, rt_priority], ioprio -> [class, level],
-  affinity -> sorted list of CPUs, slice -> ns, cgroup -> {hierarchy: path} (process-wide).
+Knob values are plain JSON values so the journal can store them; which knobs there are,
+their scope and their values' shapes are in one table, ``ainative.core.knobs.KNOBS``.
 """
 
 from __future__ import annotations
@@ -12,9 +11,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ainative.platform.base import ProcessInfo, TaskId
-
-THREAD_KNOBS = ("nice", "policy", "ioprio", "slice", "affinity")
-PROCESS_KNOBS = ("cgroup",)
 
 
 class Backend(Protocol):
